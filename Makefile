@@ -1,0 +1,16 @@
+# The two commands of the README. Both set up .venv first (idempotent, see scripts/setup.sh).
+PY := .venv/bin/python
+
+.PHONY: setup demo test lint
+
+setup:
+	bash scripts/setup.sh
+
+demo: setup
+	$(PY) -m f2lightning.demo
+
+test: setup
+	$(PY) -m pytest -q
+
+lint: setup
+	$(PY) -m ruff check .

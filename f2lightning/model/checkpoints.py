@@ -1,0 +1,273 @@
+"""Checkpoint formats: read any released Florence-2 layout, write the transformers-native one (DESIGN §3).
+
+Formats, by their tell-tale keys:
+- ``hf``: transformers' `Florence2ForConditionalGeneration` (`model.vision_tower.convs.0.conv.weight`, ...);
+- ``msft``: Microsoft's remote-code Florence-2 (`vision_tower.convs.0.proj.weight`, `image_projection`, ...);
+- ``f2lightning``: our `Florence2.state_dict()` (`vision_tower.stem.conv.weight`, timm keys);
+- ``lightning``: a Lightning checkpoint of `Florence2LitModule` (the same keys under `model.`);
+- ``timm``: a bare DaViT (`stem.conv.weight`), e.g. an exported backbone.
+Untrusted files are read with safetensors or `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from timm.models.davit import checkpoint_filter_fn
+
+from f2lightning.model.config import Florence2Config
+
+if TYPE_CHECKING:
+    from f2lightning.model.florence2 import Florence2
+
+StateDict = dict[str, torch.Tensor]
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+# transformers' DaViT key → timm's, applied in order to the key without its `model.vision_tower.` prefix.
+_HF_TO_TIMM = [
+    (r"^convs\.0\.", "stem."),
+    (r"^convs\.(\d+)\.", r"stages.\1.downsample."),
+    (r"^blocks\.(\d+)\.(\d+)\.", r"stages.\1.blocks.\2."),
+    (r"\.conv1\.", ".cpe1.proj."),
+    (r"\.conv2\.", ".cpe2.proj."),
+    (r"\.(window_attn|channel_attn)\.", ".attn."),
+    (r"\.ffn\.fc", ".mlp.fc"),
+]
+_TIMM_TO_HF = [
+    (r"^stem\.", "convs.0."),
+    (r"^stages\.(\d+)\.downsample\.", r"convs.\1."),
+    (r"^stages\.(\d+)\.blocks\.(\d+)\.", r"blocks.\1.\2."),
+    (r"\.cpe1\.proj\.", ".conv1."),
+    (r"\.cpe2\.proj\.", ".conv2."),
+    (r"spatial_block\.attn\.", "spatial_block.window_attn."),
+    (r"channel_block\.attn\.", "channel_block.channel_attn."),
+    (r"\.mlp\.fc", ".ffn.fc"),
+]
+_MSFT_PROJECTOR = {
+    "image_proj_norm.weight": "projector.image_proj_norm.weight",
+    "image_proj_norm.bias": "projector.image_proj_norm.bias",
+    "image_pos_embed.row_embeddings.weight": "projector.image_position_embed.row_embeddings.weight",
+    "image_pos_embed.column_embeddings.weight": "projector.image_position_embed.column_embeddings.weight",
+    "visual_temporal_embed.pos_idx_to_embed": "projector.visual_temporal_embed.pos_idx_to_embed",
+}
+# Keys a loaded state dict may lack: tied copies of the shared embedding, and buffers we can rebuild.
+_OPTIONAL_KEYS = {
+    "language_model.model.encoder.embed_tokens.weight",
+    "language_model.model.decoder.embed_tokens.weight",
+    "language_model.lm_head.weight",
+    "language_model.final_logits_bias",
+    "projector.visual_temporal_embed.pos_idx_to_embed",
+}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit the model; the message names the file."""
+
+
+def _rename(key: str, rules: list[tuple[str, str]]) -> str:
+    for pattern, replacement in rules:
+        key = re.sub(pattern, replacement, key)
+    return key
+
+
+def find_weights(path: Path) -> Path:
+    """The weights file of a checkpoint directory (or `path` itself when it is a file)."""
+    if path.is_file():
+        return path
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file or directory")
+    for name in WEIGHT_FILES:
+        if (path / name).exists():
+            return path / name
+    raise CheckpointError(f"{path}: no weights found (looked for {', '.join(WEIGHT_FILES)})")
+
+
+def load_state_dict(path: str | Path) -> StateDict:
+    """Tensors of a checkpoint file or directory: safetensors, sharded indexes, .bin / .pt / .pth / .ckpt."""
+    file = find_weights(Path(path))
+    try:
+        if file.name.endswith(".index.json"):
+            shards = sorted(set(json.loads(file.read_text())["weight_map"].values()))
+            state: StateDict = {}
+            for shard in shards:
+                state.update(load_state_dict(file.parent / shard))
+            return state
+        if file.suffix == ".safetensors":
+            return load_file(file)
+        loaded = torch.load(file, map_location="cpu", weights_only=True)
+    except CheckpointError:
+        raise
+    except Exception as error:  # truncated, corrupt or foreign files all end up here
+        raise CheckpointError(f"{file}: cannot be read as a checkpoint ({type(error).__name__}: {error})") from error
+    if isinstance(loaded, dict):
+        for wrapper in ("state_dict", "model", "module"):
+            if isinstance(loaded.get(wrapper), dict):
+                loaded = loaded[wrapper]
+                break
+    if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        raise CheckpointError(f"{file}: expected a mapping of tensor names to tensors")
+    return loaded
+
+
+def detect_format(state: StateDict) -> str:
+    """`hf`, `msft`, `f2lightning`, `lightning` or `timm` (see the module docstring)."""
+    if "model.vision_tower.convs.0.conv.weight" in state or "model.multi_modal_projector.image_proj_norm.weight" in state:
+        return "hf"
+    if "vision_tower.convs.0.proj.weight" in state or "image_projection" in state:
+        return "msft"
+    if "vision_tower.stem.conv.weight" in state:
+        return "f2lightning"
+    if "model.vision_tower.stem.conv.weight" in state:
+        return "lightning"
+    if "stem.conv.weight" in state:
+        return "timm"
+    sample = ", ".join(sorted(state)[:5])
+    raise CheckpointError(f"unrecognised checkpoint layout (first keys: {sample})")
+
+
+def to_f2lightning(state: StateDict) -> StateDict:
+    """Any full-model format → `Florence2.state_dict()` keys."""
+    kind = detect_format(state)
+    if kind == "f2lightning":
+        return dict(state)
+    if kind == "lightning":
+        return {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+    if kind == "hf":
+        out: StateDict = {}
+        for key, value in state.items():
+            if key.startswith("model.vision_tower."):
+                out["vision_tower." + _rename(key.removeprefix("model.vision_tower."), _HF_TO_TIMM)] = value
+            elif key.startswith("model.multi_modal_projector."):
+                out["projector." + key.removeprefix("model.multi_modal_projector.")] = value
+            elif key.startswith("model.language_model."):
+                out["language_model.model." + key.removeprefix("model.language_model.")] = value
+            elif key == "lm_head.weight":
+                out["language_model.lm_head.weight"] = value
+        return out
+    if kind == "msft":
+        out = {"vision_tower." + k: v for k, v in checkpoint_filter_fn(state, None).items()}
+        out["projector.image_projection.weight"] = state["image_projection"].t().contiguous()
+        out.update({new: state[old] for old, new in _MSFT_PROJECTOR.items() if old in state})
+        out.update({k: v for k, v in state.items() if k.startswith("language_model.")})
+        return out
+    raise CheckpointError("a bare DaViT checkpoint holds no projector or language model")
+
+
+def vision_tower_state_dict(state: StateDict) -> StateDict:
+    """The DaViT weights of any format, with timm's key names."""
+    if detect_format(state) == "timm":
+        return {k: v for k, v in state.items() if not k.startswith("head.")}
+    prefix = "vision_tower."
+    return {k.removeprefix(prefix): v for k, v in to_f2lightning(state).items() if k.startswith(prefix)}
+
+
+def to_transformers(state: StateDict) -> StateDict:
+    """`Florence2.state_dict()` → transformers-native keys (tied embedding copies dropped)."""
+    out: StateDict = {}
+    for key, value in state.items():
+        if key.startswith("vision_tower."):
+            out["model.vision_tower." + _rename(key.removeprefix("vision_tower."), _TIMM_TO_HF)] = value
+        elif key.startswith("projector."):
+            out["model.multi_modal_projector." + key.removeprefix("projector.")] = value
+        elif key.startswith("language_model.model.") and ".embed_tokens." not in key:
+            out["model.language_model." + key.removeprefix("language_model.model.")] = value
+    return out
+
+
+def transformers_config(config: Florence2Config) -> Any:
+    """The equivalent `transformers.Florence2Config` (written as config.json by `save_florence2`)."""
+    import dataclasses
+
+    from transformers import Florence2Config as HFFlorence2Config
+
+    vision = config.vision
+    return HFFlorence2Config(
+        vision_config={
+            "embed_dim": list(vision.embed_dims),
+            "depths": list(vision.depths),
+            "num_heads": list(vision.num_heads),
+            "num_groups": list(vision.num_heads),
+            "window_size": vision.window_size,
+            "mlp_ratio": vision.mlp_ratio,
+            "drop_path_rate": vision.drop_path_rate,
+            "projection_dim": config.text.d_model,
+            "max_position_embeddings": vision.max_position_embeddings,
+            "max_temporal_embeddings": vision.max_temporal_embeddings,
+        },
+        text_config={"model_type": "bart", **dataclasses.asdict(config.text)},
+        image_token_id=config.image_token_id,
+    )
+
+
+def _read_config(path: Path) -> Florence2Config:
+    folder = path if path.is_dir() else path.parent
+    if (folder / "config.json").exists():
+        return Florence2Config.from_hf_config(folder / "config.json")
+    if (folder / "f2lightning.json").exists():
+        return Florence2Config.from_dict(json.loads((folder / "f2lightning.json").read_text()))
+    raise CheckpointError(f"{path}: no config.json beside the weights, cannot tell the model's size")
+
+
+def load_florence2(cls: type[Florence2], path: Path, **config_overrides: Any) -> Florence2:
+    if path.suffix == ".ckpt":
+        return _load_lightning(cls, path, **config_overrides)
+    config = _read_config(path)
+    if config_overrides:
+        config = config.replace(**config_overrides)
+    model = cls(config)
+    load_weights(model, to_f2lightning(load_state_dict(path)), source=path)
+    folder = path if path.is_dir() else path.parent
+    if any((folder / name).exists() for name in ("tokenizer.json", "vocab.json", "tokenizer_config.json")):
+        from f2lightning.tokenizer import load_tokenizer
+
+        model.tokenizer = load_tokenizer(folder)
+    return model
+
+
+def _load_lightning(cls: type[Florence2], path: Path, **config_overrides: Any) -> Florence2:
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        model_config = checkpoint["hyper_parameters"]["model_config"]
+    except Exception as error:
+        raise CheckpointError(f"{path}: not a readable f2lightning Lightning checkpoint ({error})") from error
+    config = Florence2Config.from_dict(model_config)
+    if config_overrides:
+        config = config.replace(**config_overrides)
+    model = cls(config)
+    load_weights(model, to_f2lightning(checkpoint["state_dict"]), source=path)
+    return model
+
+
+def load_weights(model: Florence2, state: StateDict, source: Path | str = "state dict") -> None:
+    """Load converted weights, failing with the exact missing / unexpected keys."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if k not in _OPTIONAL_KEYS]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{source}: weights do not fit the model.\n  missing: {missing[:20]}{' ...' if len(missing) > 20 else ''}"
+            f"\n  unexpected: {unexpected[:20]}{' ...' if len(unexpected) > 20 else ''}"
+        )
+    model.language_model.tie_weights()
+
+
+def save_florence2(model: Florence2, path: Path) -> Path:
+    if model.config.image_token_id is None:
+        raise ValueError(
+            "config.image_token_id is unset: transformers' Florence-2 needs the id of an `<image>` token "
+            "(f2lightning.tokenizer.prepare_tokenizer adds one)"
+        )
+    path.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in to_transformers(model.state_dict()).items()}
+    save_file(state, path / "model.safetensors", metadata={"format": "pt"})
+    transformers_config(model.config).save_pretrained(path)
+    model.language_model.generation_config.save_pretrained(path)
+    (path / "f2lightning.json").write_text(json.dumps(model.config.to_dict(), indent=2))
+    if model.tokenizer is not None:
+        model.tokenizer.save_pretrained(path)
+    return path

@@ -1,0 +1,170 @@
+"""Model configuration: one dataclass, named presets, and conversion from transformers' config.json.
+
+Sizes follow Table 15 of the Florence-2 paper. The vision tower is timm's DaViT in its Florence-2 flavour
+(3x3 downsampling convs, channel attention v2), so the same numbers also describe the backbone that
+`downstream/` registers in MMDetection and MMSegmentation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class VisionConfig:
+    embed_dims: tuple[int, ...] = (128, 256, 512, 1024)
+    depths: tuple[int, ...] = (1, 1, 9, 1)
+    num_heads: tuple[int, ...] = (4, 8, 16, 32)
+    window_size: int = 12
+    mlp_ratio: float = 4.0
+    drop_path_rate: float = 0.1
+    # The projector's learned 2-D table covers feature maps up to this many cells per side (50 * 32 px = 1600 px).
+    max_position_embeddings: int = 50
+    max_temporal_embeddings: int = 100
+
+
+@dataclass
+class TextConfig:
+    """BART encoder-decoder hyper-parameters (the keys keep BartConfig's names)."""
+
+    vocab_size: int = 51289
+    d_model: int = 768
+    encoder_layers: int = 6
+    decoder_layers: int = 6
+    encoder_attention_heads: int = 12
+    decoder_attention_heads: int = 12
+    encoder_ffn_dim: int = 3072
+    decoder_ffn_dim: int = 3072
+    # Image tokens + prompt share the encoder's positions: 577 image tokens at 768 px leave 447 for the prompt.
+    max_position_embeddings: int = 1024
+    dropout: float = 0.1
+    attention_dropout: float = 0.1
+    activation_dropout: float = 0.1
+    scale_embedding: bool = False
+    pad_token_id: int = 1
+    bos_token_id: int = 0
+    eos_token_id: int = 2
+    decoder_start_token_id: int = 2
+    forced_bos_token_id: int | None = 0
+    forced_eos_token_id: int | None = 2
+
+
+@dataclass
+class Florence2Config:
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    image_size: int = 768
+    image_mean: tuple[float, float, float] = IMAGENET_MEAN
+    image_std: tuple[float, float, float] = IMAGENET_STD
+    # Id of the `<image>` placeholder that transformers' Florence-2 puts where image tokens go. Our model
+    # prepends image embeddings directly and only needs the id to write a transformers-native checkpoint.
+    image_token_id: int | None = None
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> Florence2Config:
+        """`tiny` (tests, CPU demo), `base` (Florence-2-B, 232M) or `large` (Florence-2-L, 771M)."""
+        try:
+            config = PRESETS[name]()
+        except KeyError:
+            raise KeyError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
+        return config.replace(**overrides)
+
+    def replace(self, **overrides: Any) -> Florence2Config:
+        """Copy with top-level fields replaced; `vision` / `text` accept dicts of their fields."""
+        for part, part_cls in (("vision", VisionConfig), ("text", TextConfig)):
+            if isinstance(overrides.get(part), dict):
+                overrides[part] = dataclasses.replace(getattr(self, part), **overrides[part])
+            elif part in overrides and not isinstance(overrides[part], part_cls):
+                raise TypeError(f"{part} must be a {part_cls.__name__} or a dict")
+        return dataclasses.replace(self, **overrides)
+
+    @property
+    def num_image_tokens(self) -> int:
+        side = self.image_size // 32
+        return side * side + 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Florence2Config:
+        data = dict(data)
+        vision = VisionConfig(**_tuples(data.pop("vision", {})))
+        text = TextConfig(**data.pop("text", {}))
+        return cls(vision=vision, text=text, **_tuples(data))
+
+    @classmethod
+    def from_hf_config(cls, source: dict[str, Any] | str | Path) -> Florence2Config:
+        """Read a transformers Florence-2 `config.json` (native `florence2` or Microsoft remote code), any size."""
+        if not isinstance(source, dict):
+            path = Path(source)
+            if path.is_dir():
+                path = path / "config.json"
+            source = json.loads(path.read_text())
+        vision_src = source.get("vision_config") or {}
+        text_src = source.get("text_config") or {}
+        vision_defaults = VisionConfig()
+        # The remote-code config names the widths `dim_embed` and nests the embedding table sizes.
+        vision = VisionConfig(
+            embed_dims=tuple(vision_src.get("embed_dim") or vision_src.get("dim_embed") or vision_defaults.embed_dims),
+            depths=tuple(vision_src.get("depths", vision_defaults.depths)),
+            num_heads=tuple(vision_src.get("num_heads", vision_defaults.num_heads)),
+            window_size=vision_src.get("window_size", vision_defaults.window_size),
+            mlp_ratio=vision_src.get("mlp_ratio", vision_defaults.mlp_ratio),
+            drop_path_rate=vision_src.get("drop_path_rate", vision_defaults.drop_path_rate),
+            max_position_embeddings=vision_src.get("max_position_embeddings")
+            or (vision_src.get("image_pos_embed") or {}).get("max_pos_embeddings")
+            or vision_defaults.max_position_embeddings,
+            max_temporal_embeddings=vision_src.get("max_temporal_embeddings")
+            or (vision_src.get("visual_temporal_embedding") or {}).get("max_temporal_embeddings")
+            or vision_defaults.max_temporal_embeddings,
+        )
+        text_fields = {f.name for f in dataclasses.fields(TextConfig)}
+        text = TextConfig(**{k: v for k, v in text_src.items() if k in text_fields})
+        if "vocab_size" not in text_src and "vocab_size" in source:
+            text.vocab_size = source["vocab_size"]
+        return cls(vision=vision, text=text, image_token_id=source.get("image_token_id"))
+
+
+def _tuples(data: dict[str, Any]) -> dict[str, Any]:
+    # JSON and YAML give lists where the dataclasses declare tuples.
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+
+
+def _tiny() -> Florence2Config:
+    return Florence2Config(
+        vision=VisionConfig(
+            embed_dims=(32, 64, 96, 128), depths=(1, 1, 1, 1), num_heads=(1, 2, 3, 4), window_size=4,
+            drop_path_rate=0.0,
+        ),
+        text=TextConfig(
+            vocab_size=4096, d_model=128, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+            decoder_attention_heads=4, encoder_ffn_dim=512, decoder_ffn_dim=512, max_position_embeddings=512,
+            dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
+        ),
+        image_size=192,
+    )
+
+
+def _base() -> Florence2Config:
+    return Florence2Config()
+
+
+def _large() -> Florence2Config:
+    return Florence2Config(
+        vision=VisionConfig(embed_dims=(256, 512, 1024, 2048), num_heads=(8, 16, 32, 64)),
+        text=TextConfig(
+            d_model=1024, encoder_layers=12, decoder_layers=12, encoder_attention_heads=16,
+            decoder_attention_heads=16, encoder_ffn_dim=4096, decoder_ffn_dim=4096,
+        ),
+    )
+
+
+PRESETS = {"tiny": _tiny, "base": _base, "large": _large}

@@ -1,0 +1,115 @@
+"""One object that turns (images, tasks) into model tensors and generated ids back into task results.
+
+Like transformers' `Florence2Processor`: images are resized to a square `image_size` (no crop; locations are
+quantized relative to the original size, so no coordinate transform is needed), normalized with ImageNet
+statistics, and task tokens become natural-language prompts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import PreTrainedTokenizerBase
+
+from f2lightning.images import to_rgb
+from f2lightning.model.config import IMAGENET_MEAN, IMAGENET_STD
+from f2lightning.tasks import get_task
+
+
+class Florence2Processor:
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        image_size: int = 768,
+        image_mean: Sequence[float] = IMAGENET_MEAN,
+        image_std: Sequence[float] = IMAGENET_STD,
+        max_prompt_length: int = 256,
+        max_target_length: int = 1024,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.image_size = image_size
+        self.mean = torch.tensor(image_mean).view(3, 1, 1)
+        self.std = torch.tensor(image_std).view(3, 1, 1)
+        self.max_prompt_length = max_prompt_length
+        self.max_target_length = max_target_length
+
+    # ------------------------------------------------------------------ inputs
+    def preprocess_image(self, image: Image.Image) -> torch.Tensor:
+        """Any Pillow image → normalized `(3, image_size, image_size)` float tensor."""
+        image = to_rgb(image).resize((self.image_size, self.image_size), Image.Resampling.BICUBIC)
+        pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255.0
+        return (pixels - self.mean) / self.std
+
+    def build_prompts(
+        self,
+        tasks: Sequence[str],
+        image_sizes: Sequence[tuple[int, int]],
+        text_inputs: Sequence[str | None] | None = None,
+        regions: Sequence[Sequence[float] | None] | None = None,
+    ) -> list[str]:
+        text_inputs = text_inputs or [None] * len(tasks)
+        regions = regions or [None] * len(tasks)
+        return [
+            get_task(task).build_prompt(text_input=text, region=region, image_size=size)
+            for task, text, region, size in zip(tasks, text_inputs, regions, image_sizes, strict=True)
+        ]
+
+    def tokenize_prompts(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Right-padded prompt ids (`<s> prompt </s>`) with their attention mask."""
+        encoded = self.tokenizer(
+            list(prompts), padding=True, truncation=True, max_length=self.max_prompt_length, return_tensors="pt"
+        )
+        return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+
+    def tokenize_targets(self, targets: Sequence[str]) -> torch.Tensor:
+        """Target ids as labels: padding is -100 so it never counts in the loss (DESIGN §4)."""
+        encoded = self.tokenizer(
+            list(targets), padding=True, truncation=True, max_length=self.max_target_length, return_tensors="pt"
+        )
+        return encoded["input_ids"].masked_fill(encoded["attention_mask"] == 0, -100)
+
+    def __call__(
+        self,
+        images: Sequence[Image.Image],
+        tasks: Sequence[str],
+        text_inputs: Sequence[str | None] | None = None,
+        regions: Sequence[Sequence[float] | None] | None = None,
+        targets: Sequence[str] | None = None,
+    ) -> dict[str, Any]:
+        """Batch for `Florence2.forward` / `generate`; `image_sizes` are the originals, `(width, height)`."""
+        if len(images) != len(tasks):
+            raise ValueError(f"got {len(images)} images but {len(tasks)} tasks")
+        sizes = [image.size for image in images]
+        batch: dict[str, Any] = {
+            "pixel_values": torch.stack([self.preprocess_image(image) for image in images]),
+            **self.tokenize_prompts(self.build_prompts(tasks, sizes, text_inputs, regions)),
+            "image_sizes": sizes,
+            "tasks": list(tasks),
+        }
+        if targets is not None:
+            batch["labels"] = self.tokenize_targets(targets)
+        return batch
+
+    # ------------------------------------------------------------------ outputs
+    def decode(self, generated_ids: torch.Tensor) -> list[str]:
+        """Generated ids → text with location tokens kept (BOS / EOS / padding are stripped by the parsers)."""
+        return self.tokenizer.batch_decode(generated_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    def post_process(
+        self, generated_ids: torch.Tensor, tasks: Sequence[str], image_sizes: Sequence[tuple[int, int]]
+    ) -> list[Any]:
+        """Parsed results, one per sample, in original-image pixels (see `f2lightning.tasks.parse`)."""
+        texts = self.decode(generated_ids)
+        return [get_task(task).parse(text, size) for text, task, size in zip(texts, tasks, image_sizes, strict=True)]
+
+    def generation_kwargs(self, task: str, num_beams: int = 3) -> dict[str, Any]:
+        """Per-task generation settings: output length by task, no n-gram blocking on location outputs."""
+        spec = get_task(task)
+        kwargs: dict[str, Any] = {"max_new_tokens": spec.max_new_tokens, "num_beams": num_beams, "do_sample": False}
+        if not spec.location_heavy:
+            kwargs["no_repeat_ngram_size"] = 3
+        return kwargs
