@@ -188,5 +188,5 @@ def test_vision_tower_equals_timm_davit(hf_dir, hf_model, batch):
 def test_corrupt_checkpoint_names_the_file(tmp_path):
     broken = tmp_path / "model.safetensors"
     broken.write_bytes(b"\x00" * 10)
-    with pytest.raises(CheckpointError, match="model.safetensors"):
+    with pytest.raises(CheckpointError, match=r"model\.safetensors"):
         load_state_dict(broken)

@@ -233,7 +233,7 @@ def load_florence2(cls: type[Florence2], path: Path, **config_overrides: Any) ->
 def _load_lightning(cls: type[Florence2], path: Path, **config_overrides: Any) -> Florence2:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        model_config = checkpoint["hyper_parameters"]["model_config"]
+        model_config = checkpoint["f2lightning"]["model_config"]
     except Exception as error:
         raise CheckpointError(f"{path}: not a readable f2lightning Lightning checkpoint ({error})") from error
     config = Florence2Config.from_dict(model_config)

@@ -1,0 +1,216 @@
+"""`Florence2DataModule`: record files → mixed-task training stream and per-task validation batches.
+
+Everything that can be wrong with the data is found in `setup`, before the first step: unknown tasks,
+bad records (raised or counted per `on_bad_sample`), missing tokenizer. Images that fail to decode later,
+in a worker, are skipped and counted by the collator (or raised, naming the file) — never silently lost.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from f2lightning.data.dataset import Collator, MultitaskDataset
+from f2lightning.data.expand import ALL_TASKS, Sample, expand
+from f2lightning.data.records import SkipReport, read_records
+from f2lightning.data.sampler import MixedTaskSampler, ResumableBatchSampler
+from f2lightning.processor import Florence2Processor
+
+log = logging.getLogger(__name__)
+_SPECIAL = re.compile(r"<loc_\d+>|<poly>|<sep>")
+
+
+class Florence2DataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        train_files: list[str] | None = None,
+        val_files: list[str] | None = None,
+        tokenizer: str | None = None,
+        synthetic_dir: str | None = None,
+        synthetic_images: int = 2000,
+        tokenizer_vocab_size: int = 2048,
+        image_size: int = 768,
+        tasks: list[str] | None = None,
+        task_weights: dict[str, float] | None = None,
+        epoch_length: int | None = None,
+        batch_size: int = 8,
+        val_batch_size: int | None = None,
+        val_samples_per_task: int | None = 32,
+        num_workers: int = 2,
+        seed: int = 0,
+        on_bad_sample: Literal["raise", "skip"] = "skip",
+        max_prompt_length: int = 256,
+        max_target_length: int = 1024,
+        bucket_batches: int = 0,
+    ) -> None:
+        """
+        Args:
+            train_files / val_files: record JSONL files (see `f2lightning.data.schema`).
+            tokenizer: a tokenizer directory; default `<synthetic_dir>/tokenizer`, trained on the training
+                texts by `prepare_data` when missing.
+            synthetic_dir: use (and create in `prepare_data` if missing) the synthetic multitask dataset there
+                with `synthetic_images` images; fills in `train_files` / `val_files`.
+            tasks: task tokens to train on (default: every task the records support).
+            task_weights: relative sampling weight per task (default: proportional to sample counts).
+            epoch_length: samples per epoch over all ranks (default: all samples once).
+            val_samples_per_task: cap on validation samples per task (generation is slow).
+            on_bad_sample: `raise` stops at the first bad record / image naming it; `skip` counts and reports.
+            bucket_batches: >1 sorts each window of that many batches by target length (less padding).
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        if synthetic_dir is not None:
+            train_files = train_files or [str(Path(synthetic_dir) / "train.jsonl")]
+            val_files = val_files or [str(Path(synthetic_dir) / "val.jsonl")]
+            tokenizer = tokenizer or str(Path(synthetic_dir) / "tokenizer")
+        if not train_files:
+            raise ValueError("give train_files (record JSONL) or synthetic_dir")
+        if tokenizer is None:
+            raise ValueError("give a tokenizer directory (e.g. a local copy of facebook/bart-base)")
+        if image_size % 32:
+            raise ValueError(f"image_size must be a multiple of 32 (DaViT's stride), got {image_size}")
+        unknown = sorted((set(tasks or []) | set(task_weights or {})) - set(ALL_TASKS))
+        if unknown:
+            raise ValueError(f"unknown task(s) {unknown}; known: {', '.join(ALL_TASKS)}")
+        self.train_files, self.val_files = list(train_files), list(val_files or [])
+        self.tokenizer_path = Path(tokenizer)
+        self.tokenizer = None
+        self.skip_report = SkipReport()
+        self.train_dataset: MultitaskDataset | None = None
+        self.val_dataset: MultitaskDataset | None = None
+        self._resume: dict | None = None
+        self._train_batches: ResumableBatchSampler | None = None
+
+    # ------------------------------------------------------------------ preparation (rank 0 only)
+    def prepare_data(self) -> None:
+        synthetic_dir = self.hparams.synthetic_dir
+        if synthetic_dir is not None and not (Path(synthetic_dir) / "train.jsonl").exists():
+            from f2lightning.data.synthetic import make_synthetic
+
+            log.info("writing %d synthetic images to %s", self.hparams.synthetic_images, synthetic_dir)
+            make_synthetic(synthetic_dir, self.hparams.synthetic_images, seed=self.hparams.seed)
+        if not self.tokenizer_path.exists():
+            if synthetic_dir is None:
+                raise FileNotFoundError(f"tokenizer directory {self.tokenizer_path} does not exist")
+            train_tokenizer_on_records(self.train_files, self.tokenizer_path, self.hparams.tokenizer_vocab_size)
+
+    # ------------------------------------------------------------------ setup (every rank)
+    def setup(self, stage: str | None = None) -> None:
+        if self.tokenizer is None:
+            from f2lightning.tokenizer import load_tokenizer
+
+            self.tokenizer = load_tokenizer(self.tokenizer_path)
+        self.processor = Florence2Processor(
+            self.tokenizer,
+            image_size=self.hparams.image_size,
+            max_prompt_length=self.hparams.max_prompt_length,
+            max_target_length=self.hparams.max_target_length,
+        )
+        on_bad = self.hparams.on_bad_sample
+        if stage in (None, "fit") and self.train_dataset is None:
+            samples = self._samples(self.train_files)
+            self.train_dataset = MultitaskDataset(samples, self.processor, on_bad)
+            log.info("training samples per task: %s", self.train_dataset.task_sizes)
+        if stage in (None, "fit", "validate") and self.val_dataset is None and self.val_files:
+            samples = self._samples(self.val_files)
+            cap = self.hparams.val_samples_per_task
+            self.val_dataset = MultitaskDataset({t: s[:cap] for t, s in samples.items()}, self.processor, on_bad)
+        if self.skip_report.total:
+            log.warning("records: %s", self.skip_report)
+            if self.trainer is not None and self.trainer.log_dir:
+                Path(self.trainer.log_dir).mkdir(parents=True, exist_ok=True)
+                self.skip_report.write(Path(self.trainer.log_dir) / "skipped_records.json")
+
+    def _samples(self, files: list[str]) -> dict[str, list[Sample]]:
+        tasks = self.hparams.tasks or (list(self.hparams.task_weights) if self.hparams.task_weights else None)
+        by_task: dict[str, list[Sample]] = defaultdict(list)
+        for file in files:
+            for record in read_records(file, self.hparams.on_bad_sample, check_images=True, report=self.skip_report):
+                for sample in expand(record, tasks):
+                    by_task[sample.task].append(sample)
+        missing = sorted(set(self.hparams.task_weights or {}) - set(by_task))
+        if missing:
+            raise ValueError(f"task_weights name tasks with no samples in {files}: {missing}")
+        # A fixed task order keeps dataset indices identical on every rank and every run.
+        return {task: by_task[task] for task in ALL_TASKS if task in by_task}
+
+    # ------------------------------------------------------------------ loaders
+    def _rank(self) -> tuple[int, int]:
+        if self.trainer is None:
+            return 0, 1
+        return self.trainer.global_rank, self.trainer.world_size
+
+    def train_dataloader(self) -> DataLoader:
+        rank, world_size = self._rank()
+        dataset = self.train_dataset
+        sampler = MixedTaskSampler(
+            dataset.task_sizes, self.hparams.task_weights, self.hparams.epoch_length, self.hparams.seed, rank, world_size
+        )
+        lengths = [len(sample.target) for sample in dataset.flat] if self.hparams.bucket_batches > 1 else None
+        self._train_batches = ResumableBatchSampler(sampler, self.hparams.batch_size, lengths, self.hparams.bucket_batches)
+        if self._resume is not None:
+            self._train_batches.resume(**self._resume)
+            self._resume = None
+        return self._loader(dataset, self._train_batches)
+
+    def val_dataloader(self) -> DataLoader | list:
+        if self.val_dataset is None:
+            return []
+        rank, world_size = self._rank()
+        size = self.hparams.val_batch_size or self.hparams.batch_size
+        # Single-task batches: generation settings (output length, n-gram blocking) are per task.
+        batches, start = [], 0
+        for count in self.val_dataset.task_sizes.values():
+            batches += [list(range(i, min(i + size, start + count))) for i in range(start, start + count, size)]
+            start += count
+        return self._loader(self.val_dataset, batches[rank::world_size])
+
+    def _loader(self, dataset: MultitaskDataset, batch_sampler) -> DataLoader:
+        workers = self.hparams.num_workers
+        return DataLoader(
+            dataset,
+            batch_sampler=batch_sampler,
+            collate_fn=Collator(self.processor),
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=True,
+        )
+
+    # ------------------------------------------------------------------ exact resume
+    def state_dict(self) -> dict:
+        """Where the training stream stands: saved in every checkpoint by Lightning."""
+        if self.trainer is None:
+            return {}
+        loop = self.trainer.fit_loop.epoch_loop
+        return {"epoch": self.trainer.current_epoch, "batches_done": loop.batch_progress.current.processed}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            self._resume = {"epoch": state["epoch"], "batches_done": state["batches_done"]}
+
+
+def train_tokenizer_on_records(files: list[str], out_dir: Path, vocab_size: int) -> Path:
+    """Train the offline byte-level BPE on every prompt and target the records produce."""
+    from f2lightning.tokenizer import train_tokenizer
+
+    texts = []
+    for file in files:
+        for record in read_records(file, "skip"):
+            for sample in expand(record):
+                # Location and structure tokens are added whole; BPE merges spent on them would be wasted.
+                texts += [_SPECIAL.sub(" ", sample.prompt), _SPECIAL.sub(" ", sample.target)]
+    tokenizer = train_tokenizer(texts, vocab_size=vocab_size)
+    tokenizer.save_pretrained(out_dir)
+    (Path(out_dir) / "f2lightning_tokenizer.json").write_text(json.dumps({"trained_on": files, "vocab_size": vocab_size}))
+    log.info("trained a %d-token tokenizer on %d texts -> %s", len(tokenizer), len(texts), out_dir)
+    return Path(out_dir)
+
+
+__all__ = ["Florence2DataModule", "train_tokenizer_on_records"]

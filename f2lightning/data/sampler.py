@@ -1,0 +1,137 @@
+"""Mixed-task sampling with controlled ratios, disjoint per-rank streams and an exact resume position.
+
+Each epoch draws `epoch_length` (task, index) pairs from a generator seeded by (seed, epoch): the task by its
+weight, the index by walking a fresh permutation of that task's samples (so a task's samples repeat only
+after all of them were used). The global stream is dealt round-robin to ranks, so ranks never share a
+sample and together they cover the stream once. `ResumableBatchSampler` groups the stream into batches
+(optionally bucketed by length) and can skip the batches an interrupted epoch already trained on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+
+import torch
+from torch.utils.data import Sampler
+
+
+class MixedTaskSampler(Sampler[int]):
+    """Yields indices into the concatenation of per-task sample lists (in `task_sizes` order)."""
+
+    def __init__(
+        self,
+        task_sizes: Mapping[str, int],
+        weights: Mapping[str, float] | None = None,
+        epoch_length: int | None = None,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        self.tasks = [task for task, size in task_sizes.items() if size > 0]
+        if not self.tasks:
+            raise ValueError("no task has any sample")
+        weights = dict(weights) if weights else {task: float(task_sizes[task]) for task in self.tasks}
+        unknown = sorted(set(weights) - set(task_sizes))
+        if unknown:
+            raise ValueError(f"weights name tasks without samples: {unknown}")
+        bad = {task: w for task, w in weights.items() if not w > 0}
+        if bad:
+            raise ValueError(f"task weights must be positive, got {bad}")
+        self.tasks = [task for task in self.tasks if task in weights]
+        self.sizes = [task_sizes[task] for task in self.tasks]
+        offsets, total = [], 0
+        for task in task_sizes:
+            if task in self.tasks:
+                offsets.append(total)
+            total += task_sizes[task]
+        self.offsets = offsets
+        self.weights = torch.tensor([weights[task] for task in self.tasks], dtype=torch.double)
+        self.epoch_length = epoch_length or sum(self.sizes)
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world size {world_size}")
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.epoch = 0
+
+    @property
+    def probabilities(self) -> dict[str, float]:
+        return dict(zip(self.tasks, (self.weights / self.weights.sum()).tolist(), strict=True))
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        # Ranks get equal lengths (the stream's tail is dropped), so DDP ranks run the same number of steps.
+        return self.epoch_length // self.world_size
+
+    def global_stream(self) -> list[int]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        choices = torch.multinomial(self.weights, self.epoch_length, replacement=True, generator=generator).tolist()
+        cursors = [0] * len(self.tasks)
+        orders: list[Sequence[int]] = [[] for _ in self.tasks]
+        stream = []
+        for task in choices:
+            if cursors[task] % self.sizes[task] == 0:
+                orders[task] = torch.randperm(self.sizes[task], generator=generator).tolist()
+            stream.append(self.offsets[task] + orders[task][cursors[task] % self.sizes[task]])
+            cursors[task] += 1
+        return stream
+
+    def __iter__(self) -> Iterator[int]:
+        per_rank = self.epoch_length // self.world_size
+        yield from self.global_stream()[self.rank : per_rank * self.world_size : self.world_size]
+
+
+class ResumableBatchSampler:
+    """Batches of a `MixedTaskSampler`'s stream; optional length bucketing; resumable mid-epoch.
+
+    With `lengths` (a cost per dataset index, e.g. target characters) and `bucket_batches=k`, every window of
+    k batches is sorted by length before it is cut into batches, and the batches of the window are shuffled:
+    padding waste drops while the task mix within a window is unchanged.
+    """
+
+    def __init__(
+        self,
+        sampler: MixedTaskSampler,
+        batch_size: int,
+        lengths: Sequence[int] | None = None,
+        bucket_batches: int = 0,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.sampler = sampler
+        self.batch_size = batch_size
+        self.lengths = lengths
+        self.bucket_batches = bucket_batches
+        # Batches of `resume_epoch` already trained on before an interruption (see `resume`).
+        self.resume_epoch = -1
+        self.skip = 0
+
+    def resume(self, epoch: int, batches_done: int) -> None:
+        """Skip the first `batches_done` batches when `epoch` is iterated (Lightning sets the sampler's epoch)."""
+        self.resume_epoch, self.skip = epoch, batches_done
+
+    def _skip(self) -> int:
+        return self.skip if self.sampler.epoch == self.resume_epoch else 0
+
+    def __len__(self) -> int:
+        return max(len(self.sampler) // self.batch_size - self._skip(), 0)
+
+    def plan(self) -> list[list[int]]:
+        stream = list(self.sampler)
+        size = self.batch_size
+        batches = [stream[i : i + size] for i in range(0, len(stream) - size + 1, size)]
+        if not (self.lengths and self.bucket_batches > 1):
+            return batches
+        generator = torch.Generator().manual_seed(self.sampler.seed * 7919 + self.sampler.epoch)
+        window = self.bucket_batches
+        planned = []
+        for start in range(0, len(batches), window):
+            chunk = sorted((i for batch in batches[start : start + window] for i in batch), key=self.lengths.__getitem__)
+            bucketed = [chunk[i : i + size] for i in range(0, len(chunk), size)]
+            planned.extend(bucketed[j] for j in torch.randperm(len(bucketed), generator=generator).tolist())
+        return planned
+
+    def __iter__(self) -> Iterator[list[int]]:
+        skip = self._skip()
+        self.resume_epoch = -1  # the interrupted epoch is only shortened once
+        yield from self.plan()[skip:]

@@ -1,0 +1,368 @@
+"""The per-image annotation record: one JSON object per line of a ``.jsonl`` file.
+
+One record holds everything FLD-5B holds for an image (paper §4.3, Table 2), and every
+converter writes this shape, so the training data pipeline only ever reads one format::
+
+    {
+      "image": "images/000001.png",      # relative to the JSONL file's folder, or absolute
+      "width": 640, "height": 480,        # pixels; every coordinate below is in these pixels
+      "id": "000001",                     # optional
+      "source": "coco-instances",         # optional: which converter / dataset made it
+      "texts": {"brief": ["..."], "detailed": ["..."], "more_detailed": ["..."]},
+      "regions": [{
+          "box": [x0, y0, x1, y1],
+          "category": "dog",              # optional: object category (OD, region-to-category)
+          "phrase": "brown dog",          # optional: short phrase
+          "brief": "a dog lying on a mat",  # optional: regional brief text (dense caption)
+          "polygons": [[x, y, x, y, ...]],  # optional: one object may have several parts
+          "referring": ["the dog on the left"]  # optional: expressions that single it out
+      }],
+      "exhaustive": true,                 # regions list every object (see below)
+      "groundings": [{                    # text-phrase-region triplets
+          "text": "A dog on a mat.", "granularity": "brief",
+          "phrases": [{"span": [0, 5], "boxes": [[x0, y0, x1, y1]], "polygons": [[...]]}]
+      }],
+      "ocr": [{"quad": [x0, y0, x1, y1, x2, y2, x3, y3], "text": "EXIT"}],
+      "vqa": [{"question": "What is on the mat?", "answers": ["dog", "dog", "puppy"]}]
+    }
+
+Empty / default fields are left out of the JSON. ``exhaustive`` is false for sources that
+annotate only some objects (RefCOCO refers to a few objects per image); listing tasks (OD,
+dense region caption, region proposal, open-vocabulary detection) are not generated from
+such records because a missing box would be taught as "nothing here".
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+GRANULARITIES = ("brief", "detailed", "more_detailed")
+
+
+class BadRecordError(ValueError):
+    """A record that cannot be used. ``where`` is ``file:line``; ``reason`` is a short key
+    used to count skips (``box_outside_image``, ``bad_polygon``, ...)."""
+
+    def __init__(self, where: str, reason: str, message: str):
+        super().__init__(f"{where}: {message}")
+        self.where, self.reason, self.detail = where, reason, message
+
+
+@dataclass
+class Region:
+    """A region-text pair: a box plus any of its textual annotations."""
+
+    box: list[float]
+    category: str | None = None
+    phrase: str | None = None
+    brief: str | None = None
+    polygons: list[list[float]] = field(default_factory=list)
+    referring: list[str] = field(default_factory=list)
+
+    @property
+    def description(self) -> str | None:
+        """Text for dense region captioning / region-to-description: the brief text, else the phrase."""
+        return self.brief or self.phrase
+
+
+@dataclass
+class Phrase:
+    """A noun phrase of a grounding text: ``text[span[0]:span[1]]`` and the boxes it refers to."""
+
+    span: tuple[int, int]
+    boxes: list[list[float]]
+    polygons: list[list[float]] = field(default_factory=list)
+
+
+@dataclass
+class Grounding:
+    """A text-phrase-region triplet set: a description and its grounded phrases."""
+
+    text: str
+    phrases: list[Phrase]
+    granularity: str = "brief"
+
+    def phrase_text(self, phrase: Phrase) -> str:
+        return self.text[phrase.span[0] : phrase.span[1]]
+
+
+@dataclass
+class OcrLine:
+    """A text line: quad clockwise from the text's top-left corner, and its transcription."""
+
+    quad: list[float]
+    text: str
+
+
+@dataclass
+class VqaPair:
+    """A question and its (possibly repeated) human answers; the most frequent one is the target."""
+
+    question: str
+    answers: list[str]
+
+
+@dataclass
+class Record:
+    """All annotations of one image. See the module docstring for the JSON layout."""
+
+    image: str
+    width: int
+    height: int
+    id: str | None = None
+    source: str | None = None
+    texts: dict[str, list[str]] = field(default_factory=dict)
+    regions: list[Region] = field(default_factory=list)
+    exhaustive: bool = True
+    groundings: list[Grounding] = field(default_factory=list)
+    ocr: list[OcrLine] = field(default_factory=list)
+    vqa: list[VqaPair] = field(default_factory=list)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return (self.width, self.height)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict; leaves out empty and default fields."""
+        out: dict[str, Any] = {"image": self.image, "width": self.width, "height": self.height}
+        if self.id is not None:
+            out["id"] = self.id
+        if self.source is not None:
+            out["source"] = self.source
+        texts = {k: list(v) for k, v in self.texts.items() if v}
+        if texts:
+            out["texts"] = texts
+        if self.regions:
+            out["regions"] = [_region_json(r) for r in self.regions]
+        if not self.exhaustive:
+            out["exhaustive"] = False
+        if self.groundings:
+            out["groundings"] = [_grounding_json(g) for g in self.groundings]
+        if self.ocr:
+            out["ocr"] = [{"quad": list(o.quad), "text": o.text} for o in self.ocr]
+        if self.vqa:
+            out["vqa"] = [{"question": q.question, "answers": list(q.answers)} for q in self.vqa]
+        return out
+
+    def to_json_line(self) -> str:
+        """One JSONL line (no newline); non-ASCII text is kept readable."""
+        return json.dumps(self.to_json(), ensure_ascii=False, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "<record>", categories: set[str] | None = None) -> Record:
+        """Validate a decoded JSON object and build a record.
+
+        Raises :class:`BadRecordError` naming ``where`` (``file:line``) on anything a training
+        step could choke on: missing / mistyped fields, boxes outside the image or with no area,
+        NaN coordinates, polygons with fewer than 3 points, phrase spans outside their text,
+        and categories not in ``categories`` (when given).
+        """
+        return _Validator(where, categories).record(data)
+
+
+def _region_json(r: Region) -> dict[str, Any]:
+    out: dict[str, Any] = {"box": list(r.box)}
+    for key in ("category", "phrase", "brief"):
+        if getattr(r, key) is not None:
+            out[key] = getattr(r, key)
+    if r.polygons:
+        out["polygons"] = [list(p) for p in r.polygons]
+    if r.referring:
+        out["referring"] = list(r.referring)
+    return out
+
+
+def _grounding_json(g: Grounding) -> dict[str, Any]:
+    phrases = []
+    for p in g.phrases:
+        pj: dict[str, Any] = {"span": list(p.span), "boxes": [list(b) for b in p.boxes]}
+        if p.polygons:
+            pj["polygons"] = [list(q) for q in p.polygons]
+        phrases.append(pj)
+    return {"text": g.text, "granularity": g.granularity, "phrases": phrases}
+
+
+class _Validator:
+    """Turns JSON into dataclasses, checking as it goes so errors point at the exact field."""
+
+    def __init__(self, where: str, categories: set[str] | None):
+        self.where, self.categories = where, categories
+        self.width = self.height = 0
+
+    def fail(self, reason: str, message: str) -> BadRecordError:
+        return BadRecordError(self.where, reason, message)
+
+    def record(self, data: Any) -> Record:
+        d = self.obj(data, "record")
+        image = self.string(d.get("image"), "image")
+        self.width = self.size(d.get("width"), "width")
+        self.height = self.size(d.get("height"), "height")
+        return Record(
+            image=image,
+            width=self.width,
+            height=self.height,
+            id=self.optional_string(d.get("id"), "id", allow_int=True),
+            source=self.optional_string(d.get("source"), "source"),
+            texts=self.texts(d.get("texts", {})),
+            regions=[self.region(r, i) for i, r in enumerate(self.array(d.get("regions", []), "regions"))],
+            exhaustive=self.boolean(d.get("exhaustive", True), "exhaustive"),
+            groundings=[
+                self.grounding(g, i) for i, g in enumerate(self.array(d.get("groundings", []), "groundings"))
+            ],
+            ocr=[self.ocr_line(o, i) for i, o in enumerate(self.array(d.get("ocr", []), "ocr"))],
+            vqa=[self.vqa_pair(q, i) for i, q in enumerate(self.array(d.get("vqa", []), "vqa"))],
+        )
+
+    # -- containers -------------------------------------------------------------------------
+    def obj(self, value: Any, name: str) -> dict:
+        if not isinstance(value, dict):
+            raise self.fail("bad_field", f"{name} must be an object, got {type(value).__name__}")
+        return value
+
+    def array(self, value: Any, name: str) -> list:
+        if not isinstance(value, list):
+            raise self.fail("bad_field", f"{name} must be a list, got {type(value).__name__}")
+        return value
+
+    def strings(self, value: Any, name: str) -> list[str]:
+        return [self.string(v, f"{name}[{i}]") for i, v in enumerate(self.array(value, name))]
+
+    # -- scalars ----------------------------------------------------------------------------
+    def string(self, value: Any, name: str) -> str:
+        if not isinstance(value, str) or not value:
+            raise self.fail("bad_field", f"{name} must be a non-empty string, got {value!r}")
+        return value
+
+    def optional_string(self, value: Any, name: str, allow_int: bool = False) -> str | None:
+        if value is None:
+            return None
+        if allow_int and isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        return self.string(value, name)
+
+    def boolean(self, value: Any, name: str) -> bool:
+        if not isinstance(value, bool):
+            raise self.fail("bad_field", f"{name} must be true or false, got {value!r}")
+        return value
+
+    def size(self, value: Any, name: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise self.fail("bad_field", f"{name} must be a positive integer, got {value!r}")
+        return value
+
+    def numbers(self, value: Any, name: str, length: int | None = None) -> list[float]:
+        values = self.array(value, name)
+        if length is not None and len(values) != length:
+            raise self.fail("bad_field", f"{name} must have {length} numbers, got {len(values)}")
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                raise self.fail("bad_field", f"{name} must hold numbers, got {v!r}")
+            if not math.isfinite(v):
+                raise self.fail("nan_coordinate", f"{name} {values} has a non-finite coordinate")
+        return [float(v) for v in values]
+
+    # -- geometry ---------------------------------------------------------------------------
+    def inside(self, points: list[float], name: str, reason: str) -> None:
+        for i, v in enumerate(points):
+            limit = self.width if i % 2 == 0 else self.height
+            if v < 0 or v > limit:
+                raise self.fail(reason, f"{name} {_fmt(points)} outside image {self.width}x{self.height}")
+
+    def box(self, value: Any, name: str) -> list[float]:
+        box = self.numbers(value, name, length=4)
+        if box[2] <= box[0] or box[3] <= box[1]:
+            raise self.fail("bad_box", f"{name} {_fmt(box)} has no area (need x0 < x1 and y0 < y1)")
+        self.inside(box, name, "box_outside_image")
+        return box
+
+    def polygon(self, value: Any, name: str) -> list[float]:
+        poly = self.numbers(value, name)
+        if len(poly) % 2 or len(poly) < 6:
+            raise self.fail("bad_polygon", f"{name} needs at least 3 (x, y) points, got {len(poly)} numbers")
+        self.inside(poly, name, "polygon_outside_image")
+        return poly
+
+    def polygons(self, value: Any, name: str) -> list[list[float]]:
+        polys = self.array(value, name)
+        if not polys:
+            raise self.fail("bad_polygon", f"{name} is an empty list of polygons")
+        return [self.polygon(p, f"{name}[{i}]") for i, p in enumerate(polys)]
+
+    # -- annotation kinds -------------------------------------------------------------------
+    def texts(self, value: Any) -> dict[str, list[str]]:
+        texts = self.obj(value, "texts")
+        unknown = set(texts) - set(GRANULARITIES)
+        if unknown:
+            raise self.fail(
+                "bad_field", f"texts has unknown granularity {sorted(unknown)}; use {GRANULARITIES}"
+            )
+        return {k: self.strings(v, f"texts.{k}") for k, v in texts.items()}
+
+    def region(self, value: Any, i: int) -> Region:
+        name = f"regions[{i}]"
+        r = self.obj(value, name)
+        category = self.optional_string(r.get("category"), f"{name}.category")
+        if category is not None and self.categories is not None and category not in self.categories:
+            raise self.fail("unknown_category", f"{name}.category {category!r} is not in the category list")
+        return Region(
+            box=self.box(r.get("box"), f"{name}.box"),
+            category=category,
+            phrase=self.optional_string(r.get("phrase"), f"{name}.phrase"),
+            brief=self.optional_string(r.get("brief"), f"{name}.brief"),
+            polygons=self.polygons(r["polygons"], f"{name}.polygons") if "polygons" in r else [],
+            referring=self.strings(r.get("referring", []), f"{name}.referring"),
+        )
+
+    def grounding(self, value: Any, i: int) -> Grounding:
+        name = f"groundings[{i}]"
+        g = self.obj(value, name)
+        text = self.string(g.get("text"), f"{name}.text")
+        granularity = g.get("granularity", "brief")
+        if granularity not in GRANULARITIES:
+            raise self.fail("bad_field", f"{name}.granularity {granularity!r} is not one of {GRANULARITIES}")
+        phrases = []
+        for j, value_p in enumerate(self.array(g.get("phrases"), f"{name}.phrases")):
+            pname = f"{name}.phrases[{j}]"
+            p = self.obj(value_p, pname)
+            span = self.array(p.get("span"), f"{pname}.span")
+            if not (
+                len(span) == 2
+                and all(isinstance(s, int) and not isinstance(s, bool) for s in span)
+                and 0 <= span[0] < span[1] <= len(text)
+            ):
+                raise self.fail(
+                    "bad_span", f"{pname}.span {span} is not a character range of a {len(text)}-char text"
+                )
+            boxes = self.array(p.get("boxes"), f"{pname}.boxes")
+            if not boxes:
+                raise self.fail("bad_box", f"{pname}.boxes is empty")
+            phrases.append(
+                Phrase(
+                    span=(span[0], span[1]),
+                    boxes=[self.box(b, f"{pname}.boxes[{k}]") for k, b in enumerate(boxes)],
+                    polygons=self.polygons(p["polygons"], f"{pname}.polygons") if "polygons" in p else [],
+                )
+            )
+        return Grounding(text=text, phrases=phrases, granularity=granularity)
+
+    def ocr_line(self, value: Any, i: int) -> OcrLine:
+        name = f"ocr[{i}]"
+        o = self.obj(value, name)
+        quad = self.numbers(o.get("quad"), f"{name}.quad", length=8)
+        self.inside(quad, f"{name}.quad", "quad_outside_image")
+        return OcrLine(quad=quad, text=self.string(o.get("text"), f"{name}.text"))
+
+    def vqa_pair(self, value: Any, i: int) -> VqaPair:
+        name = f"vqa[{i}]"
+        q = self.obj(value, name)
+        answers = self.strings(q.get("answers"), f"{name}.answers")
+        if not answers:
+            raise self.fail("bad_field", f"{name}.answers is empty")
+        return VqaPair(question=self.string(q.get("question"), f"{name}.question"), answers=answers)
+
+
+def _fmt(values: list[float]) -> str:
+    return "[" + ", ".join(f"{v:g}" for v in values) + "]"

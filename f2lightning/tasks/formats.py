@@ -1,0 +1,256 @@
+"""Target texts of each output format: annotation dict → text (serialize) and model text → result (parse).
+
+Parsing reproduces transformers' `Florence2Processor.post_process_generation` (itself a port of Microsoft's
+processor): the regexes below are the same, so released checkpoints' outputs parse to the same structures.
+Two deliberate differences: coordinates are bin centres as floats (transformers >= 5 truncates them to ints,
+Microsoft's original did not), and `<pad>` is removed from pure-text answers too (batched generation pads them).
+
+Serialization writes what the parser reads back, in Florence-2's conventions:
+- boxes `label<loc_x0><loc_y0><loc_x1><loc_y1>`; consecutive boxes of one label share it,
+  `label<box 1><box 2>`, as Florence-2 writes phrase grounding;
+- quad boxes `text<loc>*8`, corners clockwise from the top-left;
+- polygons: an object's parts joined by `<sep>`; several objects each wrapped in `<poly>…</poly>`; a label, when
+  the format has one (open-vocabulary detection), precedes the `<poly>` groups of its consecutive objects.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+from f2lightning.tasks.geometry import clockwise_polygon, clockwise_quad, normalise_box
+from f2lightning.tasks.locations import LOCATION_PATTERN, dequantize_bins, format_locations, parse_bin
+
+ImageSize = Sequence[float]
+
+_GENERATION_MARKERS = ("<s>", "</s>", "<pad>")
+_LABEL_END = r"(?=<od>|</od>|<box>|</box>|<bbox>|</bbox>|<loc_"
+_BOX_LABEL = re.compile(r"^\s*(.*?)" + _LABEL_END + ")")
+_LABELLED_BOXES = re.compile(r"([^<]+(?:<loc_\d+>){4,})")
+_UNLABELLED_BOXES = re.compile(r"(?:<loc_\d+>){4,}")
+_BOX = re.compile(r"<loc_(\d+)><loc_(\d+)><loc_(\d+)><loc_(\d+)>")
+_QUAD = re.compile(r"(.+?)" + r"<loc_(\d+)>" * 8)
+_POLYGON_TOKEN = r"(?:<loc_\d+>|<sep>|<poly>|</poly>)"
+_LABELLED_POLYGONS = re.compile(rf"([^<]+{_POLYGON_TOKEN}{{4,}})")
+_UNLABELLED_POLYGONS = re.compile(rf"{_POLYGON_TOKEN}{{4,}}")
+_POLYGON_LABEL = re.compile(r"^\s*(.*?)" + _LABEL_END + "|<poly>)")
+_POLYGON_GROUP = re.compile(r"<poly>(.*?)</poly>")
+_POLYGON_PART = re.compile(r"((?:<loc_\d+>)+)(?:<sep>|$)")
+_LEADING_LOCATION = re.compile(r"^<loc_\d+>")
+
+
+# ---------------------------------------------------------------------------------------------- serialize
+
+
+def serialize_text(annotation: Mapping[str, Any], image_size: ImageSize | None) -> str:
+    """`{'text': str}` as is; with a `'region'` box the text is followed by its four location tokens, as
+    Florence-2's released checkpoints answer region-to-category / region-to-description."""
+    text = annotation["text"].strip()
+    if annotation.get("region") is not None:
+        text += format_locations(normalise_box(annotation["region"]), _require_size(image_size))
+    return text
+
+
+def serialize_boxes(annotation: Mapping[str, Any], image_size: ImageSize) -> str:
+    """`{'bboxes': [[x0, y0, x1, y1]], 'labels': [str]}`."""
+    return "".join(
+        label + "".join(format_locations(normalise_box(b), image_size) for b in boxes)
+        for label, boxes in _consecutive_groups(annotation["labels"], annotation["bboxes"])
+    )
+
+
+def serialize_region_proposals(annotation: Mapping[str, Any], image_size: ImageSize) -> str:
+    """`{'bboxes': [[x0, y0, x1, y1]]}`: boxes without labels (any `'labels'` are ignored)."""
+    return "".join(format_locations(normalise_box(b), image_size) for b in annotation["bboxes"])
+
+
+def serialize_quad_boxes(annotation: Mapping[str, Any], image_size: ImageSize) -> str:
+    """`{'quad_boxes': [[x0, y0, ..., x3, y3]], 'labels': [str]}`; every quad carries its own text."""
+    quads, labels = annotation["quad_boxes"], annotation["labels"]
+    _check_lengths(quads, labels)
+    return "".join(
+        _checked_ocr_text(text) + format_locations(clockwise_quad(q), image_size)
+        for q, text in zip(quads, labels)
+    )
+
+
+def serialize_polygons(annotation: Mapping[str, Any], image_size: ImageSize) -> str:
+    """`{'polygons': [[[x, y, ...], ...]]}`: the objects of referring / region-to segmentation, whose labels
+    live in the prompt (any `'labels'` are ignored). One object is written bare, as Florence-2 does."""
+    objects = [_polygon_parts(parts, image_size) for parts in annotation["polygons"]]
+    if len(objects) == 1:
+        return objects[0]
+    return "".join(f"<poly>{parts}</poly>" for parts in objects)
+
+
+def serialize_boxes_or_polygons(annotation: Mapping[str, Any], image_size: ImageSize) -> str:
+    """Open-vocabulary detection: `{'bboxes', 'bboxes_labels'}` or `{'polygons', 'polygons_labels'}`.
+
+    A text holds boxes or polygons, not both: the parser reads polygons alone once it sees `<poly>`.
+    """
+    bboxes, polygons = annotation.get("bboxes", []), annotation.get("polygons", [])
+    if bboxes and polygons:
+        raise ValueError("open-vocabulary detection targets hold boxes or polygons, not both")
+    if not polygons:
+        return serialize_boxes({"bboxes": bboxes, "labels": annotation.get("bboxes_labels", [])}, image_size)
+    return "".join(
+        label + "".join(f"<poly>{_polygon_parts(p, image_size)}</poly>" for p in objects)
+        for label, objects in _consecutive_groups(annotation["polygons_labels"], polygons)
+    )
+
+
+def _polygon_parts(parts: Sequence[Sequence[float]], image_size: ImageSize) -> str:
+    if not parts:
+        raise ValueError("an object needs at least one polygon")
+    return "<sep>".join(format_locations(clockwise_polygon(p), image_size) for p in parts)
+
+
+def _consecutive_groups(labels: Sequence[str], items: Sequence[Any]) -> Iterator[tuple[str, list[Any]]]:
+    """Runs of items sharing a (checked, stripped) label, in order."""
+    _check_lengths(items, labels)
+    labels = [_checked_label(label, "<\n") for label in labels]
+    group: list[Any] = []
+    for i, (label, item) in enumerate(zip(labels, items)):
+        group.append(item)
+        if i + 1 == len(labels) or labels[i + 1] != label:
+            yield label, group
+            group = []
+
+
+def _checked_label(label: str, forbidden: str) -> str:
+    """The stripped label; the parser drops labels that are empty or hold `<` or a line break, so refuse them."""
+    stripped = label.strip()
+    if not stripped or any(c in stripped for c in forbidden):
+        raise ValueError(f"label {label!r} cannot be written: it must be non-empty without {forbidden!r}")
+    return stripped
+
+
+def _checked_ocr_text(text: str) -> str:
+    stripped = _checked_label(text, "\n")
+    if LOCATION_PATTERN.search(stripped):
+        raise ValueError(f"OCR text {text!r} holds a location token")
+    return stripped
+
+
+def _check_lengths(items: Sequence[Any], labels: Sequence[str]) -> None:
+    if len(items) != len(labels):
+        raise ValueError(f"{len(items)} shapes but {len(labels)} labels")
+
+
+def _require_size(image_size: ImageSize | None) -> ImageSize:
+    if image_size is None:
+        raise ValueError("image_size (width, height) is needed to write locations")
+    return image_size
+
+
+# -------------------------------------------------------------------------------------------------- parse
+
+
+def parse_text(text: str, image_size: ImageSize | None = None) -> str:
+    """The answer without generation markers, stripped."""
+    return _without_markers(text).strip()
+
+
+def parse_boxes(text: str, image_size: ImageSize) -> dict[str, list]:
+    """`{'bboxes': [[x0, y0, x1, y1]], 'labels': [str]}` from `label<loc>*4...` groups."""
+    return _parse_boxes(_LABELLED_BOXES.findall(_without_markers(text)), image_size)
+
+
+def parse_region_proposals(text: str, image_size: ImageSize) -> dict[str, list]:
+    """`{'bboxes': [...], 'labels': ['', ...]}`: every run of location tokens, text ignored."""
+    return _parse_boxes(_UNLABELLED_BOXES.findall(_without_markers(text)), image_size)
+
+
+def _parse_boxes(phrases: list[str], image_size: ImageSize) -> dict[str, list]:
+    bboxes: list[list[float]] = []
+    labels: list[str] = []
+    for phrase in phrases:
+        match = _BOX_LABEL.search(phrase)
+        if not match:  # a line break inside the label
+            continue
+        # Florence-2 drops non-ASCII characters from box labels.
+        label = match.group().strip().encode("ascii", "ignore").decode("ascii")
+        for box in _BOX.finditer(phrase):
+            bboxes.append(_decode(box.groups(), image_size))
+            labels.append(label)
+    return {"bboxes": bboxes, "labels": labels}
+
+
+def parse_quad_boxes(text: str, image_size: ImageSize) -> dict[str, list]:
+    """`{'quad_boxes': [[x0, y0, ..., x3, y3]], 'labels': [str]}` from `text<loc>*8...`."""
+    quad_boxes: list[list[float]] = []
+    labels: list[str] = []
+    for content, *bins in _QUAD.findall(_without_markers(text)):
+        quad_boxes.append(_decode(bins, image_size))
+        labels.append(content.strip())
+    return {"quad_boxes": quad_boxes, "labels": labels}
+
+
+def parse_polygons(text: str, image_size: ImageSize) -> dict[str, list]:
+    """`{'polygons': [[[x, y, ...], ...]], 'labels': ['', ...]}`: one entry per object."""
+    return _parse_polygons(_UNLABELLED_POLYGONS.findall(_without_markers(text)), image_size)
+
+
+def parse_boxes_or_polygons(text: str, image_size: ImageSize) -> dict[str, list]:
+    """Open-vocabulary detection: `{'bboxes', 'bboxes_labels', 'polygons', 'polygons_labels'}`."""
+    result: dict[str, list] = {"bboxes": [], "bboxes_labels": [], "polygons": [], "polygons_labels": []}
+    if "<poly>" in text:
+        polygons = _parse_polygons(_LABELLED_POLYGONS.findall(_without_markers(text)), image_size)
+        result.update(polygons=polygons["polygons"], polygons_labels=polygons["labels"])
+    else:
+        boxes = parse_boxes(text, image_size)
+        result.update(bboxes=boxes["bboxes"], bboxes_labels=boxes["labels"])
+    return result
+
+
+def _parse_polygons(phrases: list[str], image_size: ImageSize) -> dict[str, list]:
+    polygons: list[list[list[float]]] = []
+    labels: list[str] = []
+    for phrase in phrases:
+        match = _POLYGON_LABEL.search(_LEADING_LOCATION.sub("", phrase, count=1))
+        if not match:
+            continue
+        label = match.group().strip()
+        wrapped = "<poly>" in phrase and "</poly>" in phrase
+        objects = _POLYGON_GROUP.findall(phrase) if wrapped else [phrase]
+        for obj in objects:
+            parts = _POLYGON_PART.findall(obj)
+            if not parts:
+                continue
+            polygons.append([_decode(_even(LOCATION_PATTERN.findall(p)), image_size) for p in parts])
+            labels.append(label)
+    return {"polygons": polygons, "labels": labels}
+
+
+def _even(items: list[str]) -> list[str]:
+    """Drop a trailing x without its y."""
+    return items[: len(items) - len(items) % 2]
+
+
+def _decode(digits: Sequence[str], image_size: ImageSize) -> list[float]:
+    return dequantize_bins([parse_bin(d) for d in digits], image_size)
+
+
+def _without_markers(text: str) -> str:
+    for marker in _GENERATION_MARKERS:
+        text = text.replace(marker, "")
+    return text
+
+
+SERIALIZERS: dict[str, Callable[[Mapping[str, Any], ImageSize], str]] = {
+    "text": serialize_text,
+    "boxes": serialize_boxes,
+    "region_proposals": serialize_region_proposals,
+    "quad_boxes": serialize_quad_boxes,
+    "polygons": serialize_polygons,
+    "boxes_or_polygons": serialize_boxes_or_polygons,
+}
+PARSERS: dict[str, Callable[[str, ImageSize], str | dict[str, list]]] = {
+    "text": parse_text,
+    "boxes": parse_boxes,
+    "region_proposals": parse_region_proposals,
+    "quad_boxes": parse_quad_boxes,
+    "polygons": parse_polygons,
+    "boxes_or_polygons": parse_boxes_or_polygons,
+}

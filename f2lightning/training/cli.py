@@ -1,0 +1,35 @@
+"""LightningCLI for f2lightning: `python train.py fit -c configs/<x>.yaml [--trainer.devices=8 ...]`."""
+
+from __future__ import annotations
+
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from f2lightning.data.datamodule import Florence2DataModule
+from f2lightning.training.module import Florence2LitModule
+
+
+class Florence2CLI(LightningCLI):
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # One resolution for data and model: the model's position tables and the resize must agree.
+        parser.link_arguments("data.image_size", "model.image_size")
+        # The mixed-task sampler deals disjoint per-rank streams itself; Lightning must not wrap it.
+        parser.set_defaults({"trainer.use_distributed_sampler": False})
+
+
+def main(args: list[str] | None = None, run: bool = True) -> Florence2CLI:
+    return Florence2CLI(
+        Florence2LitModule,
+        Florence2DataModule,
+        args=args,
+        run=run,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"parser_mode": "omegaconf"} if _has_omegaconf() else None,
+    )
+
+
+def _has_omegaconf() -> bool:
+    try:
+        import omegaconf  # noqa: F401
+    except ImportError:
+        return False
+    return True

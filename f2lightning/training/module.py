@@ -1,0 +1,278 @@
+"""`Florence2LitModule`: the unified seq2seq objective over mixed tasks (paper §3.4, §6.1).
+
+The model is built in `configure_model` (so FSDP / DeepSpeed can shard it at creation) once the tokenizer is
+known, either from `tokenizer=` or from the datamodule. Frozen parts use `requires_grad_(False)`, stay in eval
+mode through `.train()`, and are left out of the optimizer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch.optim.lr_scheduler import LambdaLR
+
+from f2lightning.model import Florence2, Florence2Config
+from f2lightning.processor import Florence2Processor
+from f2lightning.tasks import get_task
+from f2lightning.training.optim import build_optimizer, warmup_cosine
+from f2lightning.training.quality import TaskQuality
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many consecutive steps with a NaN / Inf loss or gradient."""
+
+
+class Florence2LitModule(L.LightningModule):
+    def __init__(
+        self,
+        preset: str = "tiny",
+        config_overrides: dict[str, Any] | None = None,
+        pretrained: str | None = None,
+        tokenizer: str | None = None,
+        image_size: int | None = None,
+        lr: float = 1e-4,
+        weight_decay: float = 0.05,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_steps: int = 5000,
+        min_lr_ratio: float = 0.0,
+        freeze_vision: bool = False,
+        freeze_vision_stages: int = 0,
+        freeze_language: bool = False,
+        num_beams: int = 3,
+        val_max_new_tokens: int | None = None,
+        log_predictions: int = 4,
+        activation_checkpointing: bool = False,
+        max_nonfinite_steps: int = 10,
+    ) -> None:
+        """
+        Args:
+            preset: `tiny`, `base` or `large` (Table 15) when not starting from `pretrained` weights.
+            config_overrides: fields of `Florence2Config` to change, e.g. `{"vision": {"drop_path_rate": 0.2}}`.
+            pretrained: a Florence-2 checkpoint directory / file in any supported format.
+            tokenizer: tokenizer directory; default: the datamodule's, else the pretrained checkpoint's.
+            image_size: input resolution (384 pre-training, 768 high-resolution tuning); linked to the data's.
+            freeze_vision / freeze_vision_stages / freeze_language: Table 12 and Table 8 style freezing.
+            max_nonfinite_steps: stop with an error after this many consecutive skipped non-finite steps.
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        self.model: Florence2 | None = None
+        self.processor: Florence2Processor | None = None
+        self.quality: TaskQuality | None = None
+        self._skipped_images: list[str] = []
+        self._nonfinite_in_a_row = 0
+        self.nonfinite_steps = 0
+        self._drawn_tasks: set[str] = set()
+
+    # ------------------------------------------------------------------ building
+    def _tokenizer(self):
+        from f2lightning.tokenizer import load_tokenizer
+
+        if self.hparams.tokenizer:
+            return load_tokenizer(self.hparams.tokenizer)
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if datamodule is not None and getattr(datamodule, "tokenizer", None) is not None:
+            return datamodule.tokenizer
+        return None
+
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        self._build(self._tokenizer())
+
+    def _build(self, tokenizer, config: Florence2Config | None = None) -> None:
+        hp = self.hparams
+        if config is None and hp.pretrained:
+            model = Florence2.from_pretrained(hp.pretrained)
+            tokenizer = tokenizer or model.tokenizer
+        else:
+            if config is None:
+                config = Florence2Config.preset(hp.preset, **(hp.config_overrides or {}))
+                if tokenizer is None:
+                    raise ValueError("no tokenizer: give `tokenizer`, a datamodule with one, or `pretrained` weights")
+                # Padding the vocabulary to a multiple of 64 keeps the LM head's matmul on fast tensor-core shapes.
+                config = config.replace(
+                    text={"vocab_size": -(-len(tokenizer) // 64) * 64},
+                    image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+                )
+            if hp.image_size:
+                config = config.replace(image_size=hp.image_size)
+            model = Florence2(config)
+        if tokenizer is None:
+            raise ValueError(f"{hp.pretrained}: the checkpoint has no tokenizer files; pass `tokenizer`")
+        if len(tokenizer) > model.config.text.vocab_size:
+            model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)
+        if hp.image_size:
+            model.config.image_size = hp.image_size
+        model.tokenizer = tokenizer
+        model.freeze(vision=hp.freeze_vision, vision_stages=hp.freeze_vision_stages, language=hp.freeze_language)
+        if hp.activation_checkpointing:
+            model.vision_tower.set_grad_checkpointing(True)
+            model.language_model.gradient_checkpointing_enable()
+        self.model = model
+        self.processor = Florence2Processor(tokenizer, image_size=model.config.image_size)
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        val_dataset = getattr(datamodule, "val_dataset", None)
+        if val_dataset is not None and self.quality is None:
+            self.quality = TaskQuality(list(val_dataset.task_sizes))
+
+    def train(self, mode: bool = True) -> Florence2LitModule:
+        super().train(mode)
+        if self.model is not None and mode:
+            # Frozen weights must not see dropout / drop-path / batch statistics change either.
+            hp = self.hparams
+            for module in self.model.frozen_modules(hp.freeze_vision, hp.freeze_vision_stages, False, hp.freeze_language):
+                module.eval()
+        return self
+
+    # ------------------------------------------------------------------ steps
+    def forward(self, batch: dict[str, Any]):
+        return self.model(batch["pixel_values"], batch["input_ids"], batch["attention_mask"], labels=batch["labels"])
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        self._skipped_images += batch["skipped"]
+        if not batch["size"]:
+            return None
+        output = self(batch)
+        loss = output.loss
+        if not self._all_ranks_finite(loss):
+            self._skip_nonfinite("loss")
+            return None
+        self._nonfinite_in_a_row = 0
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["size"])
+        for task, value in self._loss_per_task(output.logits, batch).items():
+            self.log(f"train/loss/{task}", value, batch_size=batch["size"])
+        return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if grads and not torch.stack([torch.isfinite(g).all() for g in grads]).all():
+            # Gradients are already all-reduced, so every rank takes the same decision. A parameter whose
+            # grad is None is skipped entirely by AdamW: no moment update, no weight decay.
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    p.grad = None
+            self._skip_nonfinite("gradient")
+
+    def _all_ranks_finite(self, loss: torch.Tensor) -> bool:
+        finite = torch.isfinite(loss.detach()).float()
+        if self.trainer.world_size > 1:
+            finite = self.all_gather(finite).min()
+        return bool(finite)
+
+    def _skip_nonfinite(self, what: str) -> None:
+        self.nonfinite_steps += 1
+        self._nonfinite_in_a_row += 1
+        log.warning("step %d: non-finite %s, step skipped (%d in a row)", self.global_step, what, self._nonfinite_in_a_row)
+        if self._nonfinite_in_a_row >= self.hparams.max_nonfinite_steps:
+            raise NonFiniteLossError(
+                f"{self._nonfinite_in_a_row} consecutive steps had a non-finite {what}; stopping. Lower the learning "
+                "rate, check the data, or use bf16 instead of fp16."
+            )
+
+    @torch.no_grad()
+    def _loss_per_task(self, logits: torch.Tensor, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        labels = batch["labels"]
+        token_loss = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none")
+        per_sample = token_loss.sum(1) / (labels != -100).sum(1).clamp(min=1)
+        by_task: dict[str, list[torch.Tensor]] = {}
+        for task, value in zip(batch["task"], per_sample, strict=True):
+            by_task.setdefault(task.strip("<>"), []).append(value)
+        return {task: torch.stack(values).mean() for task, values in by_task.items()}
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        if not batch["size"]:
+            return
+        self.log("val/loss", self(batch).loss, sync_dist=True, batch_size=batch["size"])
+        task = batch["task"][0]
+        kwargs = self.processor.generation_kwargs(task, self.hparams.num_beams)
+        if self.hparams.val_max_new_tokens:
+            kwargs["max_new_tokens"] = min(kwargs["max_new_tokens"], self.hparams.val_max_new_tokens)
+        generated = self.model.generate(batch["pixel_values"], batch["input_ids"], batch["attention_mask"], **kwargs)
+        sizes = batch["image_size"]
+        preds = self.processor.post_process(generated, batch["task"], sizes)
+        spec = get_task(task)
+        targets = [spec.parse(target, size) for target, size in zip(batch["target"], sizes, strict=True)]
+        self.quality.update(task, preds, targets, sizes)
+        if task not in self._drawn_tasks and self.global_rank == 0 and self.hparams.log_predictions:
+            self._drawn_tasks.add(task)
+            self._draw(task, batch, preds)
+
+    def on_validation_epoch_start(self) -> None:
+        self._drawn_tasks = set()
+
+    def on_validation_epoch_end(self) -> None:
+        if self.quality is None:
+            return
+        for name, value in self.quality.compute().items():
+            self.log(f"val/{name}", value, sync_dist=False)  # torchmetrics already synced across ranks
+        self.quality.reset()
+
+    def _draw(self, task: str, batch: dict[str, Any], preds: list[Any]) -> None:
+        from f2lightning.images import load_image
+        from f2lightning.visualize import draw_prediction
+
+        dataset = self.trainer.datamodule.val_dataset
+        out_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "predictions" / f"step{self.global_step:06d}"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for i, (index, pred) in enumerate(list(zip(batch["index"], preds, strict=True))[: self.hparams.log_predictions]):
+            image = load_image(dataset.flat[index].image_path)
+            draw_prediction(image, task, pred).save(out_dir / f"{task.strip('<>').lower()}_{i}.png")
+
+    # ------------------------------------------------------------------ epoch bookkeeping
+    def on_train_epoch_end(self) -> None:
+        skipped = self._skipped_images
+        if self.trainer.world_size > 1:
+            gathered: list[list[str]] = [[] for _ in range(self.trainer.world_size)]
+            torch.distributed.all_gather_object(gathered, skipped)
+            skipped = [s for rank in gathered for s in rank]
+        self.log("train/skipped_images", float(len(skipped)), rank_zero_only=True)
+        if skipped and self.global_rank == 0:
+            reasons = Counter(s.split(": ", 1)[-1].split(" (")[0] for s in skipped)
+            report = {"epoch": self.current_epoch, "total": len(skipped), "reasons": dict(reasons), "samples": skipped[:100]}
+            path = Path(self.trainer.log_dir or self.trainer.default_root_dir) / f"skipped_images_epoch{self.current_epoch}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(report, indent=2))
+            log.warning("epoch %d: skipped %d unreadable image(s), report in %s", self.current_epoch, len(skipped), path)
+        self._skipped_images = []
+
+    # ------------------------------------------------------------------ optimization
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        optimizer = build_optimizer(self.model, hp.lr, hp.weight_decay, tuple(hp.betas))
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        schedule = LambdaLR(optimizer, warmup_cosine(min(hp.warmup_steps, total), total, hp.min_lr_ratio))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["f2lightning"] = {
+            "model_config": self.model.config.to_dict(),
+            "tokenizer_dir": self.hparams.tokenizer or getattr(getattr(self.trainer, "datamodule", None), "tokenizer_path", None),
+        }
+        if checkpoint["f2lightning"]["tokenizer_dir"] is not None:
+            checkpoint["f2lightning"]["tokenizer_dir"] = str(checkpoint["f2lightning"]["tokenizer_dir"])
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.model is None:
+            info = checkpoint.get("f2lightning", {})
+            from f2lightning.tokenizer import load_tokenizer
+
+            tokenizer_dir = self.hparams.tokenizer or info.get("tokenizer_dir")
+            tokenizer = load_tokenizer(tokenizer_dir) if tokenizer_dir else None
+            self._build(tokenizer, Florence2Config.from_dict(info["model_config"]))
+
+    def export(self, path: str | Path) -> Path:
+        """Write the trained model in the transformers-native layout (opens with plain `transformers`)."""
+        return self.model.save_pretrained(path)

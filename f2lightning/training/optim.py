@@ -1,0 +1,47 @@
+"""AdamW with weight-decay groups and the paper's schedule: linear warm-up, then cosine decay (§6.1)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Decay only matrices of linear / conv layers; never biases, norms, embeddings or position tables."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue  # frozen weights stay out of the optimizer entirely
+        if param.ndim < 2 or "embed" in name or "shared" in name or "position" in name:
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def warmup_cosine(warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0):
+    """LR multiplier: 0 → 1 linearly over `warmup_steps`, then cosine down to `min_lr_ratio` at `total_steps`."""
+
+    def multiplier(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / max(1, warmup_steps)
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return multiplier
+
+
+def build_optimizer(
+    model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.999)
+) -> torch.optim.AdamW:
+    groups = param_groups(model, weight_decay)
+    if not any(group["params"] for group in groups):
+        raise ValueError("every parameter is frozen: nothing to train")
+    # The fused kernel is the fastest AdamW on CUDA; the for-each kernel elsewhere.
+    fused = all(p.is_cuda for group in groups for p in group["params"])
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused or None)

@@ -1,0 +1,99 @@
+"""Which tasks a record supports (Table 13's annotation → task mapping) and their rendering."""
+
+from __future__ import annotations
+
+import pytest
+
+from f2lightning.data.expand import ALL_TASKS, Sample, expand, task_annotations
+from f2lightning.data.schema import Grounding, OcrLine, Phrase, Record, Region, VqaPair
+from f2lightning.tasks import get_task
+
+BOX_A, BOX_B = [10.0, 10.0, 50.0, 40.0], [60.0, 5.0, 90.0, 45.0]
+SQUARE = [10.0, 10.0, 50.0, 10.0, 50.0, 40.0, 10.0, 40.0]
+
+
+def full_record(**overrides) -> Record:
+    fields = dict(
+        image="img.png",
+        width=100,
+        height=50,
+        texts={
+            "brief": ["a dog and a cat."],
+            "detailed": ["A long text."],
+            "more_detailed": ["A paragraph."],
+        },
+        regions=[
+            Region(box=BOX_A, category="dog", brief="a brown dog", polygons=[SQUARE], referring=["the dog"]),
+            Region(box=BOX_B, category="cat", phrase="cat"),
+        ],
+        groundings=[Grounding("a dog and a cat.", [Phrase((0, 5), [BOX_A]), Phrase((10, 15), [BOX_B])])],
+        ocr=[OcrLine([1, 1, 9, 1, 9, 5, 1, 5], "EXIT"), OcrLine([20, 1, 30, 1, 30, 5, 20, 5], "42")],
+        vqa=[VqaPair("what animal?", ["dog", "cat", "cat"])],
+    )
+    return Record(**{**fields, **overrides})
+
+
+def by_task(record: Record, tasks=None) -> dict[str, list]:
+    out: dict[str, list] = {}
+    for a in task_annotations(record, tasks):
+        out.setdefault(a.task, []).append(a)
+    return out
+
+
+def test_a_full_record_supports_every_task() -> None:
+    assert set(by_task(full_record())) == set(ALL_TASKS)
+
+
+def test_annotations() -> None:
+    t = by_task(full_record())
+    assert t["<OD>"][0].annotation == {"bboxes": [BOX_A, BOX_B], "labels": ["dog", "cat"]}
+    assert [a.text_input for a in t["<OPEN_VOCABULARY_DETECTION>"]] == ["dog", "cat"]
+    # dense captions use the brief text, else the phrase
+    assert t["<DENSE_REGION_CAPTION>"][0].annotation["labels"] == ["a brown dog", "cat"]
+    assert t["<REGION_PROPOSAL>"][0].annotation == {"bboxes": [BOX_A, BOX_B]}
+    assert [(a.region, a.annotation["text"]) for a in t["<REGION_TO_CATEGORY>"]] == [
+        (BOX_A, "dog"),
+        (BOX_B, "cat"),
+    ]
+    (rec,) = t["<REFERRING_EXPRESSION_COMPREHENSION>"]
+    assert rec.text_input == "the dog" and rec.annotation["bboxes"] == [BOX_A]
+    assert t["<REFERRING_EXPRESSION_SEGMENTATION>"][0].annotation == {"polygons": [[SQUARE]]}
+    assert t["<REGION_TO_SEGMENTATION>"][0].region == BOX_A  # only the region with polygons
+    assert len(t["<REGION_TO_SEGMENTATION>"]) == 1
+    assert t["<CAPTION_TO_PHRASE_GROUNDING>"][0].annotation == {
+        "bboxes": [BOX_A, BOX_B],
+        "labels": ["a dog", "a cat"],
+    }
+    assert t["<OCR>"][0].annotation == {"text": "EXIT\n42"}
+    assert t["<OCR_WITH_REGION>"][0].annotation["labels"] == ["EXIT", "42"]
+    assert [a.region for a in t["<REGION_TO_OCR>"]] == [[1, 1, 9, 5], [20, 1, 30, 5]]
+    assert t["<VQA>"][0].annotation == {"text": "cat"}  # the most frequent answer
+    assert [len(t[k]) for k in ("<CAPTION>", "<DETAILED_CAPTION>", "<MORE_DETAILED_CAPTION>")] == [1, 1, 1]
+
+
+def test_partial_annotations_generate_no_listing_tasks() -> None:
+    tasks = set(by_task(full_record(exhaustive=False)))
+    assert not tasks & {"<OD>", "<OPEN_VOCABULARY_DETECTION>", "<DENSE_REGION_CAPTION>", "<REGION_PROPOSAL>"}
+    assert {"<REGION_TO_CATEGORY>", "<REFERRING_EXPRESSION_COMPREHENSION>"} <= tasks
+
+
+def test_restricted_and_unknown_tasks() -> None:
+    assert set(by_task(full_record(), ["<OD>", "<VQA>"])) == {"<OD>", "<VQA>"}
+    with pytest.raises(ValueError, match="unknown task"):
+        task_annotations(full_record(), ["<DETECT>"])
+
+
+def test_expand_renders_prompts_and_targets() -> None:
+    record = full_record()
+    samples = expand(record)
+    assert all(
+        isinstance(s, Sample) and s.image_size == (100, 50) and s.image_path == "img.png" for s in samples
+    )
+    assert {s.task for s in samples} == set(ALL_TASKS)
+    od = next(s for s in samples if s.task == "<OD>")
+    assert od.prompt == get_task("<OD>").build_prompt()
+    assert od.target == get_task("<OD>").serialize(
+        {"bboxes": [BOX_A, BOX_B], "labels": ["dog", "cat"]}, (100, 50)
+    )
+    vqa = next(s for s in samples if s.task == "<VQA>")
+    assert (vqa.prompt, vqa.target) == ("what animal?", "cat")
