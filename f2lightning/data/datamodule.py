@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Literal
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader
 
 from f2lightning.data.dataset import Collator, MultitaskDataset
@@ -49,6 +51,8 @@ class Florence2DataModule(L.LightningDataModule):
         max_prompt_length: int = 256,
         max_target_length: int = 1024,
         bucket_batches: int = 0,
+        max_images: int | None = None,
+        streaming_dir: str | None = None,
     ) -> None:
         """
         Args:
@@ -63,6 +67,10 @@ class Florence2DataModule(L.LightningDataModule):
             val_samples_per_task: cap on validation samples per task (generation is slow).
             on_bad_sample: `raise` stops at the first bad record / image naming it; `skip` counts and reports.
             bucket_batches: >1 sorts each window of that many batches by target length (less padding).
+            max_images: train on a seeded random subset of this many training images (Table 11 data scaling).
+            streaming_dir: train from the per-task litdata shards `f2lightning shard` wrote there (a folder, or
+                an object-store URL when `tasks` / `task_weights` name the tasks) instead of `train_files`;
+                `epoch_length`, `bucket_batches` and `max_images` do not apply (see `f2lightning.data.streaming`).
         """
         super().__init__()
         self.save_hyperparameters()
@@ -70,8 +78,8 @@ class Florence2DataModule(L.LightningDataModule):
             train_files = train_files or [str(Path(synthetic_dir) / "train.jsonl")]
             val_files = val_files or [str(Path(synthetic_dir) / "val.jsonl")]
             tokenizer = tokenizer or str(Path(synthetic_dir) / "tokenizer")
-        if not train_files:
-            raise ValueError("give train_files (record JSONL) or synthetic_dir")
+        if not train_files and streaming_dir is None:
+            raise ValueError("give train_files (record JSONL), synthetic_dir or streaming_dir")
         if tokenizer is None:
             raise ValueError("give a tokenizer directory (e.g. a local copy of facebook/bart-base)")
         if image_size % 32:
@@ -79,7 +87,7 @@ class Florence2DataModule(L.LightningDataModule):
         unknown = sorted((set(tasks or []) | set(task_weights or {})) - set(ALL_TASKS))
         if unknown:
             raise ValueError(f"unknown task(s) {unknown}; known: {', '.join(ALL_TASKS)}")
-        self.train_files, self.val_files = list(train_files), list(val_files or [])
+        self.train_files, self.val_files = list(train_files or []), list(val_files or [])
         self.tokenizer_path = Path(tokenizer)
         self.tokenizer = None
         self.skip_report = SkipReport()
@@ -114,8 +122,8 @@ class Florence2DataModule(L.LightningDataModule):
             max_target_length=self.hparams.max_target_length,
         )
         on_bad = self.hparams.on_bad_sample
-        if stage in (None, "fit") and self.train_dataset is None:
-            samples = self._samples(self.train_files)
+        if stage in (None, "fit") and self.train_dataset is None and self.hparams.streaming_dir is None:
+            samples = self._samples(self.train_files, self.hparams.max_images)
             self.train_dataset = MultitaskDataset(samples, self.processor, on_bad)
             log.info("training samples per task: %s", self.train_dataset.task_sizes)
         if stage in (None, "fit", "validate") and self.val_dataset is None and self.val_files:
@@ -128,13 +136,20 @@ class Florence2DataModule(L.LightningDataModule):
                 Path(self.trainer.log_dir).mkdir(parents=True, exist_ok=True)
                 self.skip_report.write(Path(self.trainer.log_dir) / "skipped_records.json")
 
-    def _samples(self, files: list[str]) -> dict[str, list[Sample]]:
+    def _samples(self, files: list[str], max_images: int | None = None) -> dict[str, list[Sample]]:
         tasks = self.hparams.tasks or (list(self.hparams.task_weights) if self.hparams.task_weights else None)
+        records = [
+            record
+            for file in files
+            for record in read_records(file, self.hparams.on_bad_sample, check_images=True, report=self.skip_report)
+        ]
+        if max_images is not None and max_images < len(records):
+            keep = sorted(random.Random(self.hparams.seed).sample(range(len(records)), max_images))
+            records = [records[i] for i in keep]
         by_task: dict[str, list[Sample]] = defaultdict(list)
-        for file in files:
-            for record in read_records(file, self.hparams.on_bad_sample, check_images=True, report=self.skip_report):
-                for sample in expand(record, tasks):
-                    by_task[sample.task].append(sample)
+        for record in records:
+            for sample in expand(record, tasks):
+                by_task[sample.task].append(sample)
         missing = sorted(set(self.hparams.task_weights or {}) - set(by_task))
         if missing:
             raise ValueError(f"task_weights name tasks with no samples in {files}: {missing}")
@@ -148,6 +163,12 @@ class Florence2DataModule(L.LightningDataModule):
         return self.trainer.global_rank, self.trainer.world_size
 
     def train_dataloader(self) -> DataLoader:
+        if self.hparams.streaming_dir is not None:  # litdata splits the stream across ranks and workers itself
+            from f2lightning.data.streaming import build_stream, streaming_loader
+
+            hp = self.hparams
+            stream = build_stream(hp.streaming_dir, self.processor, hp.tasks, hp.task_weights, hp.seed, hp.on_bad_sample)
+            return streaming_loader(stream, self.processor, hp.batch_size, hp.num_workers)
         rank, world_size = self._rank()
         dataset = self.train_dataset
         sampler = MixedTaskSampler(
@@ -180,12 +201,16 @@ class Florence2DataModule(L.LightningDataModule):
             collate_fn=Collator(self.processor),
             num_workers=workers,
             persistent_workers=workers > 0,
-            pin_memory=True,
+            pin_memory=torch.cuda.is_available(),
         )
 
     # ------------------------------------------------------------------ exact resume
     def state_dict(self) -> dict:
-        """Where the training stream stands: saved in every checkpoint by Lightning."""
+        """Where the training stream stands: saved in every checkpoint by Lightning.
+
+        A streaming loader's position is not kept here: Lightning's fit loop saves and restores it itself, as
+        for any loader with `state_dict` (restoring it here too would advance litdata's worker cursor twice).
+        """
         if self.trainer is None:
             return {}
         loop = self.trainer.fit_loop.epoch_loop

@@ -5,7 +5,9 @@ from __future__ import annotations
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from f2lightning.data.datamodule import Florence2DataModule
+from f2lightning.training.checkpointing import resume_path, use_atomic_checkpoint_io
 from f2lightning.training.module import Florence2LitModule
+from f2lightning.training.validation import validate_fit
 
 
 class Florence2CLI(LightningCLI):
@@ -14,6 +16,16 @@ class Florence2CLI(LightningCLI):
         parser.link_arguments("data.image_size", "model.image_size")
         # The mixed-task sampler deals disjoint per-rank streams itself; Lightning must not wrap it.
         parser.set_defaults({"trainer.use_distributed_sampler": False})
+        # Re-running the same command after a crash continues from the run's newest good checkpoint.
+        parser.add_argument("--resume", choices=["auto", "never"], default="auto",
+                            help="auto: without --ckpt_path, resume from the newest good checkpoint of this run")
+
+    def before_fit(self) -> None:
+        config = self.config_init[self.subcommand]
+        config.ckpt_path = resume_path(config.get("ckpt_path"), config.get("resume", "auto"), self.trainer)
+        # Contradictions fail here with one message, before prepare_data / setup read any data.
+        validate_fit(self.model.hparams, self.datamodule.hparams if self.datamodule else None, config.ckpt_path)
+        use_atomic_checkpoint_io(self.trainer)
 
 
 def main(args: list[str] | None = None, run: bool = True) -> Florence2CLI:

@@ -31,12 +31,45 @@ class NonFiniteLossError(RuntimeError):
     """Too many consecutive steps with a NaN / Inf loss or gradient."""
 
 
+def init_vision_tower(model: Florence2, path: str) -> None:
+    """Copy DaViT weights from any supported checkpoint into the image encoder (strict, clear errors)."""
+    from f2lightning.model.checkpoints import CheckpointError, load_state_dict, vision_tower_state_dict
+
+    missing, unexpected = model.vision_tower.load_state_dict(vision_tower_state_dict(load_state_dict(path)), strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: DaViT weights do not fit the vision config.\n  missing: {missing[:10]}\n  unexpected: {unexpected[:10]}")
+
+
+def init_language_model(model: Florence2, path: str) -> None:
+    """Start the encoder-decoder from a BART checkpoint; rows of tokens BART lacks keep their random init."""
+    from transformers import BartForConditionalGeneration
+
+    bart = BartForConditionalGeneration.from_pretrained(path)
+    ours = model.language_model
+    if bart.config.d_model != ours.config.d_model or bart.config.encoder_layers != ours.config.encoder_layers:
+        raise ValueError(f"{path}: BART d_model / layers ({bart.config.d_model}, {bart.config.encoder_layers}) do not "
+                         f"match the model's ({ours.config.d_model}, {ours.config.encoder_layers})")
+    state = bart.state_dict()
+    for name, tensor in ours.state_dict().items():
+        source = state.get(name)
+        if source is not None and source.shape != tensor.shape and source.ndim >= 1 and source.shape[1:] == tensor.shape[1:]:
+            # Vocabulary-sized tensors: keep BART's rows, our extra rows (location tokens ...) stay random.
+            rows = min(len(source), len(tensor))
+            merged = tensor.clone()
+            merged[:rows] = source[:rows]
+            state[name] = merged
+    ours.load_state_dict({k: v for k, v in state.items() if k in ours.state_dict()}, strict=False)
+    ours.tie_weights()
+
+
 class Florence2LitModule(L.LightningModule):
     def __init__(
         self,
         preset: str = "tiny",
         config_overrides: dict[str, Any] | None = None,
         pretrained: str | None = None,
+        vision_init: str | None = None,
+        language_init: str | None = None,
         tokenizer: str | None = None,
         image_size: int | None = None,
         lr: float = 1e-4,
@@ -58,6 +91,10 @@ class Florence2LitModule(L.LightningModule):
             preset: `tiny`, `base` or `large` (Table 15) when not starting from `pretrained` weights.
             config_overrides: fields of `Florence2Config` to change, e.g. `{"vision": {"drop_path_rate": 0.2}}`.
             pretrained: a Florence-2 checkpoint directory / file in any supported format.
+            vision_init: DaViT weights to start the image encoder from (paper §6.1: UniCL); any format that
+                `f2lightning.model.checkpoints.vision_tower_state_dict` reads (timm, Florence-2, ours).
+            language_init: a BART checkpoint directory (e.g. a local copy of `facebook/bart-base`) to start the
+                multi-modal encoder-decoder from (paper §6.1); its vocabulary is resized to the tokenizer's.
             tokenizer: tokenizer directory; default: the datamodule's, else the pretrained checkpoint's.
             image_size: input resolution (384 pre-training, 768 high-resolution tuning); linked to the data's.
             freeze_vision / freeze_vision_stages / freeze_language: Table 12 and Table 8 style freezing.
@@ -109,6 +146,10 @@ class Florence2LitModule(L.LightningModule):
             model = Florence2(config)
         if tokenizer is None:
             raise ValueError(f"{hp.pretrained}: the checkpoint has no tokenizer files; pass `tokenizer`")
+        if hp.vision_init:
+            init_vision_tower(model, hp.vision_init)
+        if hp.language_init:
+            init_language_model(model, hp.language_init)
         if len(tokenizer) > model.config.text.vocab_size:
             model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)
         if hp.image_size:

@@ -1,0 +1,203 @@
+"""The training system: mixed sampling, exact resume, freezing, DDP, and a model that learns."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from f2lightning.data.sampler import MixedTaskSampler, ResumableBatchSampler
+from f2lightning.model import Florence2, Florence2Config
+from f2lightning.training.optim import build_optimizer
+from tests.helpers import training as helpers
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    path = tmp_path_factory.mktemp("synthetic")
+    dm = helpers.datamodule(path)
+    dm.prepare_data()  # writes the images and trains the tokenizer once for the whole module
+    return path
+
+
+# ---------------------------------------------------------------------------- sampling
+def test_mixed_sampling_follows_weights():
+    weights = {"a": 1.0, "b": 3.0, "c": 6.0}
+    sampler = MixedTaskSampler({"a": 50, "b": 7, "c": 300}, weights, epoch_length=20_000, seed=3)
+    counts = Counter()
+    bounds = {"a": range(0, 50), "b": range(50, 57), "c": range(57, 357)}
+    for index in sampler:
+        counts[next(task for task, r in bounds.items() if index in r)] += 1
+    for task, weight in weights.items():
+        p = weight / sum(weights.values())
+        sigma = (20_000 * p * (1 - p)) ** 0.5
+        assert abs(counts[task] - 20_000 * p) < 4 * sigma, (task, counts)
+
+
+def test_each_task_uses_all_its_samples_before_repeating():
+    sampler = MixedTaskSampler({"a": 10, "b": 10}, {"a": 1.0, "b": 1.0}, epoch_length=40, seed=0)
+    stream = list(sampler)
+    first_a = [i for i in stream if i < 10][:10]
+    assert sorted(first_a) == list(range(10))
+
+
+def test_ranks_get_disjoint_streams_covering_the_global_one():
+    sizes, weights = {"a": 30, "b": 30}, {"a": 1.0, "b": 2.0}
+    whole = MixedTaskSampler(sizes, weights, epoch_length=60, seed=1).global_stream()
+    ranks = [list(MixedTaskSampler(sizes, weights, epoch_length=60, seed=1, rank=r, world_size=2)) for r in (0, 1)]
+    positions = [list(range(r, 60, 2)) for r in (0, 1)]
+    assert [[whole[p] for p in pos] for pos in positions] == ranks
+    assert len(ranks[0]) == len(ranks[1]) == 30
+
+
+def test_new_epoch_reshuffles_and_resume_skips_done_batches():
+    sampler = MixedTaskSampler({"a": 40}, epoch_length=40, seed=0)
+    batches = ResumableBatchSampler(sampler, batch_size=4)
+    epoch0 = list(batches)
+    sampler.set_epoch(1)
+    assert list(batches) != epoch0
+    sampler.set_epoch(0)
+    batches.resume(epoch=0, batches_done=3)
+    assert len(batches) == 7
+    assert list(batches) == epoch0[3:]
+    assert list(batches) == epoch0  # the skip applies to the interrupted pass only
+
+
+def test_length_bucketing_reduces_padding_and_keeps_samples():
+    lengths = [(i * 37) % 101 for i in range(400)]
+    sampler = MixedTaskSampler({"a": 400}, epoch_length=400, seed=0)
+    plain = list(ResumableBatchSampler(sampler, 8))
+    bucketed = list(ResumableBatchSampler(sampler, 8, lengths=lengths, bucket_batches=10))
+
+    def waste(batches):
+        return sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in batches)
+
+    assert sorted(i for b in bucketed for i in b) == sorted(i for b in plain for i in b)
+    assert waste(bucketed) < waste(plain) / 3
+
+
+def test_invalid_weights_fail_clearly():
+    with pytest.raises(ValueError, match="positive"):
+        MixedTaskSampler({"a": 3}, {"a": 0.0})
+    with pytest.raises(ValueError, match="without samples"):
+        MixedTaskSampler({"a": 3}, {"b": 1.0})
+
+
+# ---------------------------------------------------------------------------- freezing
+@pytest.mark.parametrize("freeze", [{"vision": True}, {"vision_stages": 2}, {"language": True}])
+def test_frozen_weights_stay_bit_identical_after_adamw_step(freeze):
+    torch.manual_seed(0)
+    model = Florence2(Florence2Config.preset("tiny", image_size=64))
+    model.freeze(**freeze)
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    assert frozen and trainable
+    optimizer = build_optimizer(model, lr=1e-2, weight_decay=0.5)
+    # Even a hand-made gradient on a frozen weight must not move it: AdamW never sees frozen parameters.
+    out = model(torch.randn(2, 3, 64, 64), torch.randint(5, 300, (2, 6)), labels=torch.randint(5, 300, (2, 5)))
+    out.loss.backward()
+    optimizer.step()
+    for name, param in model.named_parameters():
+        if name in frozen:
+            assert torch.equal(param, frozen[name]), name
+    moved = sum(not torch.equal(p, trainable[n]) for n, p in model.named_parameters() if n in trainable)
+    assert moved > 0.9 * len(trainable)
+    if freeze.get("vision_stages") == 2:
+        assert all(not p.requires_grad for p in model.vision_tower.stem.parameters())
+        assert all(p.requires_grad for p in model.vision_tower.stages[2].parameters())
+
+
+def test_freeze_rejects_stage_out_of_range():
+    model = Florence2(Florence2Config.preset("tiny", image_size=64))
+    with pytest.raises(ValueError, match="0..4"):
+        model.freeze(vision_stages=5)
+
+
+# ---------------------------------------------------------------------------- exact resume
+class RecordIndices(L.Callback):
+    def __init__(self):
+        self.seen: list[list[int]] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.seen.append(list(batch["index"]))
+
+
+class StopAt(L.Callback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step >= self.step:
+            trainer.should_stop = True
+
+
+def _lr(trainer: L.Trainer) -> float:
+    return trainer.optimizers[0].param_groups[0]["lr"]
+
+
+def test_exact_resume_mid_epoch(synthetic, tmp_path):
+    steps = 8
+    L.seed_everything(0)
+    straight_lit, straight_seen = helpers.module(), RecordIndices()
+    straight = helpers.trainer(tmp_path / "a", steps, callbacks=[straight_seen])
+    straight.fit(straight_lit, helpers.datamodule(synthetic))
+
+    L.seed_everything(0)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=steps // 2, save_top_k=-1)
+    first = helpers.trainer(tmp_path / "b", steps, callbacks=[checkpoint, StopAt(steps // 2)], enable_checkpointing=True)
+    first.fit(helpers.module(), helpers.datamodule(synthetic))
+    assert first.global_step == steps // 2
+    saved = next((tmp_path / "ckpt").glob("*.ckpt"))
+
+    L.seed_everything(123)  # resuming must not depend on the process's RNG state
+    resumed_lit, resumed_seen = helpers.module(), RecordIndices()
+    resumed = helpers.trainer(tmp_path / "c", steps, callbacks=[resumed_seen])
+    resumed.fit(resumed_lit, helpers.datamodule(synthetic), ckpt_path=saved)
+
+    assert resumed.global_step == steps
+    assert resumed_seen.seen == straight_seen.seen[steps // 2 :]
+    assert _lr(resumed) == pytest.approx(_lr(straight), rel=1e-9)
+    for (name, a), b in zip(straight_lit.model.state_dict().items(), resumed_lit.model.state_dict().values(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6), name
+
+
+# ---------------------------------------------------------------------------- distributed
+@pytest.mark.slow
+def test_ddp_two_processes_match_single_process(synthetic, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    script = [sys.executable, "-m", "tests.helpers.training", "--data", str(synthetic), "--steps", "4"]
+    subprocess.run([*script, "--devices", "2", "--batch-size", "2", "--out", str(tmp_path / "ddp.pt")],
+                   cwd=ROOT, env=env, check=True, timeout=600)
+    subprocess.run([*script, "--devices", "1", "--batch-size", "4", "--out", str(tmp_path / "single.pt")],
+                   cwd=ROOT, env=env, check=True, timeout=600)
+    rank0 = json.loads((tmp_path / "ddp.pt.rank0.json").read_text())
+    rank1 = json.loads((tmp_path / "ddp.pt.rank1.json").read_text())
+    single = json.loads((tmp_path / "single.pt.rank0.json").read_text())
+    # Rank r takes every other position of the global stream: together they see exactly the single
+    # process's global batches, and no stream position twice.
+    assert [sorted(rank0[i : i + 2] + rank1[i : i + 2]) for i in range(0, len(rank0), 2)] == [
+        sorted(single[i : i + 4]) for i in range(0, len(single), 4)
+    ]
+    ddp, one = torch.load(tmp_path / "ddp.pt"), torch.load(tmp_path / "single.pt")
+    dm = helpers.datamodule(synthetic)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    losses = {}
+    for name, state in (("ddp", ddp), ("single", one)):
+        lit = helpers.module()
+        lit._build(dm.tokenizer)
+        lit.model.load_state_dict(state)
+        lit.model.eval()
+        with torch.no_grad():
+            losses[name] = float(lit(batch).loss)
+    assert losses["ddp"] == pytest.approx(losses["single"], rel=2e-2)
