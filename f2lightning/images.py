@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -34,9 +35,17 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 def load_image(path: str | Path) -> Image.Image:
     """Decode a file to upright RGB, raising `BadImageError` that names the file on any problem."""
-    path = Path(path)
+    return _decode(Path(path), path)
+
+
+def load_image_bytes(data: bytes | memoryview, name: str) -> Image.Image:
+    """Decode an encoded image held in memory (e.g. read from a shard); errors name `name`, its source file."""
+    return _decode(io.BytesIO(data), name)
+
+
+def _decode(source: Path | io.BytesIO, path: str | Path) -> Image.Image:
     try:
-        with Image.open(path) as image:
+        with Image.open(source) as image:
             if image.width * image.height > MAX_IMAGE_PIXELS:
                 raise BadImageError(
                     f"{path}: {image.width}x{image.height} exceeds the {MAX_IMAGE_PIXELS}-pixel decompression-bomb limit"

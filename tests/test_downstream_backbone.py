@@ -23,7 +23,7 @@ from downstream.commands import register_cli
 from downstream.export import export_backbone
 from downstream.layer_decay import layer_id
 from f2lightning.model import Florence2
-from f2lightning.model.checkpoints import CheckpointError
+from f2lightning.model.checkpoints import CheckpointError, load_state_dict, vision_tower_state_dict
 from f2lightning.model.config import VisionConfig
 from f2lightning.model.vision import create_vision_tower
 
@@ -84,7 +84,7 @@ def pixels() -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def reference(hf_model, pixels) -> list[torch.Tensor]:
+def transformers_features(hf_model, pixels) -> list[torch.Tensor]:
     """Per-stage features computed by transformers' own DaViT implementation."""
     tower = hf_model.model.vision_tower
     features, x = [], pixels
@@ -95,6 +95,21 @@ def reference(hf_model, pixels) -> list[torch.Tensor]:
                 x = block(x)
             features.append(x)
     return features
+
+
+@pytest.fixture(scope="module")
+def reference(hf_dir, pixels) -> list[torch.Tensor]:
+    """Per-stage features of timm's DaViT holding the transformers checkpoint's weights."""
+    davit = create_vision_tower(VisionConfig(**TINY)).eval()
+    davit.load_state_dict(vision_tower_state_dict(load_state_dict(hf_dir)))
+    with torch.no_grad():
+        return davit.forward_intermediates(pixels, intermediates_only=True)
+
+
+def test_timm_reference_equals_transformers(reference, transformers_features):
+    # Two implementations of the same maths: equal up to float32 rounding of features of magnitude ~5.
+    for ours, theirs in zip(reference, transformers_features, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
 
 
 @pytest.fixture(scope="module")

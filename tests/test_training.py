@@ -119,7 +119,7 @@ def test_frozen_weights_stay_bit_identical_after_adamw_step(freeze):
 
 def test_freeze_rejects_stage_out_of_range():
     model = Florence2(Florence2Config.preset("tiny", image_size=64))
-    with pytest.raises(ValueError, match="0..4"):
+    with pytest.raises(ValueError, match=r"0\.\.4"):
         model.freeze(vision_stages=5)
 
 

@@ -1,4 +1,4 @@
-"""``f2lightning convert`` and ``f2lightning make-synthetic``."""
+"""``f2lightning convert``, ``f2lightning make-synthetic`` and ``f2lightning shard``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from f2lightning.data.converters import CONVERTERS, ConversionReport, get_converter
-from f2lightning.data.records import write_records
+from f2lightning.data.records import SkipReport, write_records
 from f2lightning.data.synthetic import SyntheticConfig, make_synthetic
 
 
@@ -33,6 +33,17 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     synthetic.add_argument("--val-fraction", type=float, default=0.1)
     synthetic.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     synthetic.set_defaults(func=run_make_synthetic)
+
+    shard = subparsers.add_parser("shard", help="write per-task litdata shards for streaming training")
+    shard.add_argument("records", nargs="+", help="record JSONL files")
+    shard.add_argument("-o", "--output", required=True, help="output folder or object-store URL (s3://...)")
+    shard.add_argument("--tasks", nargs="+", default=None, help="task tokens or names (default: every task)")
+    shard.add_argument("--chunk-bytes", default="64MB", help="target size of one shard chunk")
+    shard.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    shard.add_argument("--on-bad-sample", choices=["skip", "raise"], default="skip")
+    shard.add_argument("--overwrite", action="store_true", help="replace shards already in the output")
+    shard.add_argument("--report", default=None, help="write the skip report (JSON) here")
+    shard.set_defaults(func=run_shard)
 
 
 def run_convert(args: argparse.Namespace) -> None:
@@ -65,3 +76,23 @@ def run_make_synthetic(args: argparse.Namespace) -> None:
         f"wrote {args.images} images to {args.output} in {seconds:.1f}s "
         f"({args.images / seconds:.0f} images/s): {paths['train']}, {paths['val']}"
     )
+
+
+def run_shard(args: argparse.Namespace) -> None:
+    from f2lightning.data.streaming import write_shards  # litdata is needed only for streaming
+
+    report = SkipReport()
+    counts = write_shards(
+        args.records,
+        args.output,
+        tasks=args.tasks,
+        chunk_bytes=args.chunk_bytes,
+        num_workers=args.workers,
+        on_bad_sample=args.on_bad_sample,
+        report=report,
+        overwrite=args.overwrite,
+    )
+    if args.report:
+        report.write(args.report)
+    per_task = ", ".join(f"{task} {n}" for task, n in counts.items())
+    print(f"wrote {sum(counts.values())} samples to {args.output} ({per_task}); {report}")

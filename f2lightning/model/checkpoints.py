@@ -241,6 +241,12 @@ def _load_lightning(cls: type[Florence2], path: Path, **config_overrides: Any) -
         config = config.replace(**config_overrides)
     model = cls(config)
     load_weights(model, to_f2lightning(checkpoint["state_dict"]), source=path)
+    # The training module records the tokenizer directory it used; attach it when it is still there.
+    tokenizer_dir = checkpoint["f2lightning"].get("tokenizer_dir")
+    if tokenizer_dir and Path(tokenizer_dir).is_dir():
+        from f2lightning.tokenizer import load_tokenizer
+
+        model.tokenizer = load_tokenizer(tokenizer_dir)
     return model
 
 
