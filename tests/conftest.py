@@ -7,8 +7,8 @@ import os
 import pytest
 import torch
 
-# Two cores: one intra-op thread per process keeps parallel test workers from thrashing.
-torch.set_num_threads(int(os.environ.get("F2L_TEST_THREADS", "2")))
+# Tiny models gain nothing from intra-op threads, and spinning threads slow a busy machine down badly.
+torch.set_num_threads(int(os.environ.get("F2L_TEST_THREADS", "1")))
 
 
 @pytest.fixture(scope="session")

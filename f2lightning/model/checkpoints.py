@@ -207,10 +207,11 @@ def transformers_config(config: Florence2Config) -> Any:
 
 def _read_config(path: Path) -> Florence2Config:
     folder = path if path.is_dir() else path.parent
-    if (folder / "config.json").exists():
-        return Florence2Config.from_hf_config(folder / "config.json")
+    # Our own save also records what transformers' config.json cannot hold (the input resolution).
     if (folder / "f2lightning.json").exists():
         return Florence2Config.from_dict(json.loads((folder / "f2lightning.json").read_text()))
+    if (folder / "config.json").exists():
+        return Florence2Config.from_hf_config(folder / "config.json")
     raise CheckpointError(f"{path}: no config.json beside the weights, cannot tell the model's size")
 
 

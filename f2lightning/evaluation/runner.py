@@ -1,0 +1,263 @@
+"""Run benchmarks end to end: config → public files → samples → generation → metric → results.
+
+A benchmark config (``configs/eval/<benchmark>.yaml``)::
+
+    benchmark: refcoco              # a name in f2lightning.evaluation.benchmarks.BENCHMARKS
+    data:                           # the benchmark's files in their public format
+      format: refcoco               # a record converter (f2lightning convert --help), or the kind's own reader
+      refs: refcoco/refs(unc).p     # paths are relative to --data-root
+      instances: refcoco/instances.json
+      image_dir: coco/train2014
+    splits:                         # paper column: data split (passed to converters that take `splits`)
+      val: val
+      test-A: testA
+    metric: {}                      # options of the metric (e.g. `protocol` of phrase grounding)
+    generation: {batch_size: 16}    # defaults for GenerationSettings; the command line overrides them
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from f2lightning.data.converters import ConversionReport, get_converter
+from f2lightning.evaluation.benchmarks import RECORD_FORMATS, Benchmark, get_benchmark
+from f2lightning.evaluation.generation import EvalSample, Generation, GenerationSettings, box_scores, generate
+from f2lightning.model import Florence2
+from f2lightning.processor import Florence2Processor
+from f2lightning.tasks import get_task
+
+# Keys of a config's `data` block that name files or folders (resolved against the data root).
+PATH_KEYS = frozenset(
+    {"annotations", "captions", "dataset", "questions", "refs", "instances", "image_dir", "sentences_dir",
+     "annotations_dir", "ids", "gt_dir"}
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    benchmark: Benchmark
+    data: dict[str, Any]
+    splits: dict[str, str]  # paper column → data split
+    metric: dict[str, Any] = field(default_factory=dict)
+    generation: dict[str, Any] = field(default_factory=dict)
+    path: str = ""
+
+
+@dataclass
+class SplitResult:
+    column: str  # the paper's column
+    split: str  # the data split scored (differs from the column where the paper's split is not public)
+    score: float
+    details: dict[str, float]
+    num_samples: int
+    seconds: float
+    dropped: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class BenchmarkResult:
+    benchmark: Benchmark
+    config: str
+    splits: list[SplitResult]
+
+
+def load_config(path: str | Path) -> BenchmarkConfig:
+    """Read and check one benchmark config."""
+    raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    unknown = set(raw) - {"benchmark", "data", "splits", "metric", "generation"}
+    if unknown:
+        raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
+    for key in ("benchmark", "data", "splits"):
+        if key not in raw:
+            raise ValueError(f"{path}: missing `{key}`")
+    benchmark = get_benchmark(raw["benchmark"])
+    splits = raw["splits"]
+    if isinstance(splits, list):  # `[val, test]`: the data splits carry the paper's names
+        splits = {str(s): str(s) for s in splits}
+    # Device and precision belong to the machine, not the benchmark: only the command line sets them.
+    known = {"batch_size", "num_beams", "max_new_tokens", "num_workers"}
+    if set(raw.get("generation") or {}) - known:
+        raise ValueError(f"{path}: generation accepts {sorted(known)}")
+    return BenchmarkConfig(
+        benchmark=benchmark,
+        data=dict(raw["data"]),
+        splits={str(k): str(v) for k, v in splits.items()},
+        metric=dict(raw.get("metric") or {}),
+        generation=dict(raw.get("generation") or {}),
+        path=str(path),
+    )
+
+
+def load_samples(config: BenchmarkConfig, split: str, data_root: str | Path = ".") -> tuple[list[EvalSample], ConversionReport]:
+    """The split's samples, read from the public files with the record converters (or the kind's own reader)."""
+    data = dict(config.data)
+    fmt = data.pop("format")
+    args = {k: str(Path(data_root) / v) if k in PATH_KEYS else v for k, v in data.items()}
+    report = ConversionReport()
+    kind = config.benchmark.kind
+    if kind.load is not None:
+        return kind.load(**args), report
+    convert = RECORD_FORMATS.get(fmt) or get_converter(fmt).convert
+    if "splits" in inspect.signature(convert).parameters:
+        args["splits"] = [split]
+    records = convert(**args, report=report)
+    return [sample for record in records for sample in kind.samples(record)], report
+
+
+def load_model(
+    checkpoint: str | Path, tokenizer: str | Path | None = None, device: str = "cpu", image_size: int | None = None
+) -> tuple[Florence2, Florence2Processor]:
+    """Any checkpoint `Florence2.from_pretrained` reads, with its tokenizer (or `tokenizer`), ready to generate.
+
+    `image_size` overrides the checkpoint's input resolution (a transformers config.json does not record it, so
+    such checkpoints load at Florence-2's 768).
+    """
+    from f2lightning.tokenizer import load_tokenizer
+
+    model = Florence2.from_pretrained(checkpoint, **({"image_size": image_size} if image_size else {}))
+    if tokenizer is not None:
+        model.tokenizer = load_tokenizer(tokenizer)
+    if model.tokenizer is None:
+        raise ValueError(f"{checkpoint}: no tokenizer files beside the weights; pass --tokenizer DIR")
+    if len(model.tokenizer) > model.config.text.vocab_size:
+        raise ValueError(
+            f"the tokenizer has {len(model.tokenizer)} tokens but the model only {model.config.text.vocab_size}: "
+            "it is not the tokenizer this model was trained with"
+        )
+    config = model.config
+    processor = Florence2Processor(
+        model.tokenizer, image_size=config.image_size, image_mean=config.image_mean, image_std=config.image_std
+    )
+    return model.to(device).eval(), processor
+
+
+def resolve_device(device: str = "auto") -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def use_bf16(device: str, precision: str = "auto") -> bool:
+    """bf16 autocast on CUDA GPUs that support it (`precision='auto'`), or as asked."""
+    if precision == "auto":
+        return device.startswith("cuda") and torch.cuda.is_bf16_supported()
+    if precision not in ("bf16", "fp32"):
+        raise ValueError(f"precision must be auto, bf16 or fp32, got {precision!r}")
+    return precision == "bf16"
+
+
+def predictions(
+    benchmark: Benchmark,
+    generations: Sequence[Generation],
+    samples: Sequence[EvalSample],
+    processor: Florence2Processor,
+) -> tuple[list[Any], int]:
+    """Parsed answers, with per-box scores for detection; also how many detections fell back to a
+    sequence-level score because the parser and the box scorer disagreed on the number of boxes (malformed
+    output such as location tokens without a label)."""
+    task = get_task(benchmark.kind.task)
+    parsed = [task.parse(g.text, s.image_size) for g, s in zip(generations, samples, strict=True)]
+    if not benchmark.kind.needs_box_scores:
+        return parsed, 0
+    fallbacks = 0
+    for result, generation in zip(parsed, generations):
+        scores = box_scores(generation, processor)
+        if len(scores) != len(result["bboxes"]):
+            fallbacks += 1
+            scores = [_sequence_score(generation, processor)] * len(result["bboxes"])
+        result["scores"] = scores
+    return parsed, fallbacks
+
+
+def _sequence_score(generation: Generation, processor: Florence2Processor) -> float:
+    tokenizer = processor.tokenizer
+    special = {tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id}
+    logprobs = [lp for t, lp in zip(generation.token_ids, generation.token_logprobs) if t not in special]
+    return float(torch.tensor(logprobs or [0.0], dtype=torch.float64).mean().exp())
+
+
+def run_benchmark(
+    model: Florence2,
+    processor: Florence2Processor,
+    config: BenchmarkConfig,
+    settings: GenerationSettings,
+    data_root: str | Path = ".",
+    limit: int | None = None,
+    predictions_dir: Path | None = None,
+) -> BenchmarkResult:
+    """Score every split of one benchmark config; writes per-sample predictions when `predictions_dir` is set."""
+    benchmark = config.benchmark
+    results = []
+    for column, split in config.splits.items():
+        start = time.perf_counter()
+        samples, report = load_samples(config, split, data_root)
+        samples = samples[:limit] if limit is not None else samples
+        if not samples:
+            raise ValueError(f"{config.path}: split {split!r} has no samples ({report})")
+        generations = generate(
+            model, processor, benchmark.kind.task, samples, settings,
+            with_logprobs=benchmark.kind.needs_box_scores, description=f"{benchmark.name} {column}",
+        )  # fmt: skip
+        preds, fallbacks = predictions(benchmark, generations, samples, processor)
+        metrics = benchmark.kind.score(samples, preds, config.metric)
+        details = {k: v for k, v in metrics.items() if k != "score"}
+        if benchmark.kind.needs_box_scores:
+            details["sequence_score_fallbacks"] = fallbacks
+        if predictions_dir is not None:
+            _write_predictions(predictions_dir / f"{benchmark.name}_{column}.jsonl", samples, generations, preds)
+        results.append(
+            SplitResult(column, split, metrics["score"], details, len(samples), time.perf_counter() - start,
+                        dict(report.dropped))
+        )  # fmt: skip
+    return BenchmarkResult(benchmark, config.path, results)
+
+
+def _write_predictions(
+    path: Path, samples: Sequence[EvalSample], generations: Sequence[Generation], preds: Sequence[Any]
+) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for sample, generation, pred in zip(samples, generations, preds, strict=True):
+            line = {"key": sample.key, "image": sample.image, "input": sample.text_input, "text": generation.text,
+                    "prediction": pred}  # fmt: skip
+            f.write(json.dumps(line, ensure_ascii=False) + "\n")
+
+
+def evaluate(
+    config_paths: Sequence[str | Path],
+    checkpoint: str | Path,
+    *,
+    tokenizer: str | Path | None = None,
+    data_root: str | Path = ".",
+    device: str = "auto",
+    precision: str = "auto",
+    image_size: int | None = None,
+    overrides: dict[str, Any] | None = None,
+    limit: int | None = None,
+    out_dir: str | Path | None = None,
+) -> list[BenchmarkResult]:
+    """Evaluate one checkpoint on several benchmark configs; `overrides` (GenerationSettings fields) win over
+    each config's `generation` block. With `out_dir`, writes results.md, results.json and predictions/."""
+    from f2lightning.evaluation.report import write_report
+
+    configs = [load_config(path) for path in config_paths]  # fail on a bad config before loading the model
+    device = resolve_device(device)
+    model, processor = load_model(checkpoint, tokenizer, device, image_size)
+    base = GenerationSettings(device=device, bf16=use_bf16(device, precision))
+    predictions_dir = Path(out_dir) / "predictions" if out_dir is not None else None
+    results = []
+    for config in configs:
+        settings = replace(base, **{**config.generation, **(overrides or {})})
+        results.append(run_benchmark(model, processor, config, settings, data_root, limit, predictions_dir))
+    if out_dir is not None:
+        write_report(results, Path(out_dir), checkpoint=str(checkpoint), settings=replace(base, **(overrides or {})))
+    return results

@@ -1,0 +1,163 @@
+"""Model behaviour beyond checkpoint equivalence: batching, presets, configs, tokenizer, processor."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from f2lightning.model import Florence2, Florence2Config
+from f2lightning.processor import Florence2Processor
+from f2lightning.tasks import LOCATION_TOKENS
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = Florence2(Florence2Config.preset("tiny", image_size=64)).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(0, 0.1)  # away from the near-uniform init, so generations differ per input
+    return m
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_batched_generation_equals_one_by_one(model, num_beams):
+    generator = torch.Generator().manual_seed(0)
+    pixels = torch.randn(3, 3, 64, 64, generator=generator)
+    prompts = [[0, 11, 12, 13, 14, 15, 2], [0, 21, 2], [0, 31, 32, 33, 2]]
+    longest = max(map(len, prompts))
+    input_ids = torch.tensor([p + [1] * (longest - len(p)) for p in prompts])
+    mask = torch.tensor([[1] * len(p) + [0] * (longest - len(p)) for p in prompts])
+    kwargs = {"max_new_tokens": 10, "num_beams": num_beams, "do_sample": False}
+    batched = model.generate(pixels, input_ids, mask, **kwargs)
+    for i, prompt in enumerate(prompts):
+        alone = model.generate(pixels[i : i + 1], torch.tensor([prompt]), **kwargs)[0]
+        row = batched[i][: len(alone)]
+        assert torch.equal(row, alone), i
+        assert (batched[i][len(alone) :] == 1).all()  # only padding after the sample's own end
+
+
+def test_base_and_large_presets_match_table_15():
+    base = Florence2Config.preset("base")
+    assert base.vision.embed_dims == (128, 256, 512, 1024) and base.vision.depths == (1, 1, 9, 1)
+    assert (base.text.encoder_layers, base.text.d_model, base.num_image_tokens) == (6, 768, 577)
+    large = Florence2Config.preset("large")
+    assert large.vision.embed_dims == (256, 512, 1024, 2048) and large.vision.num_heads == (8, 16, 32, 64)
+    assert (large.text.encoder_layers, large.text.decoder_layers, large.text.d_model) == (12, 12, 1024)
+    with torch.device("meta"):  # build the base model without allocating its weights
+        params = sum(p.numel() for p in Florence2(base).parameters())
+    assert 200e6 < params < 260e6  # paper: 232M
+
+
+def test_config_round_trips_and_reads_transformers_config(tmp_path):
+    config = Florence2Config.preset("tiny", text={"d_model": 96}, image_size=128)
+    assert Florence2Config.from_dict(config.to_dict()) == config
+    from f2lightning.model.checkpoints import transformers_config
+
+    transformers_config(config.replace(image_token_id=5)).save_pretrained(tmp_path)
+    again = Florence2Config.from_hf_config(tmp_path)
+    assert again.vision == config.vision
+    assert again.text.d_model == 96 and again.image_token_id == 5
+    with pytest.raises(KeyError, match="tiny"):
+        Florence2Config.preset("huge")
+
+
+def test_projector_rejects_images_beyond_the_position_table(model):
+    with pytest.raises(ValueError, match="position table"):
+        model.encode_image(torch.zeros(1, 3, 64 * 32, 64))
+
+
+# ---------------------------------------------------------------------------- tokenizer
+def test_trained_tokenizer_has_bart_specials_and_whole_location_tokens(tokenizer, tmp_path):
+    assert [tokenizer.convert_tokens_to_ids(t) for t in ["<s>", "<pad>", "</s>", "<unk>"]] == [0, 1, 2, 3]
+    ids = tokenizer("a red circle<loc_0><loc_999><poly>")["input_ids"]
+    assert ids[0] == 0 and ids[-1] == 2
+    tokens = tokenizer.convert_ids_to_tokens(ids)
+    assert {"<loc_0>", "<loc_999>", "<poly>"} <= set(tokens)
+    assert tokenizer.decode(ids, skip_special_tokens=True) == "a red circle<loc_0><loc_999><poly>"
+    tokenizer.save_pretrained(tmp_path)
+    from f2lightning.tokenizer import load_tokenizer
+
+    reloaded = load_tokenizer(tmp_path)
+    assert reloaded("hello <loc_5>")["input_ids"] == tokenizer("hello <loc_5>")["input_ids"]
+    assert all(t in reloaded.get_vocab() for t in LOCATION_TOKENS)
+
+
+def test_prepare_tokenizer_adds_missing_tokens_once(tokenizer):
+    from f2lightning.tokenizer import prepare_tokenizer
+
+    size = len(tokenizer)
+    assert len(prepare_tokenizer(tokenizer)) == size
+
+
+def test_resize_after_adding_tokens_keeps_old_rows(model):
+    m = Florence2(Florence2Config.preset("tiny", image_size=64, text={"vocab_size": 100}))
+    before = m.language_model.get_input_embeddings().weight.detach().clone()
+    m.resize_token_embeddings(130, pad_to_multiple_of=64)
+    after = m.language_model.get_input_embeddings().weight
+    assert after.shape[0] == 192 == m.config.text.vocab_size
+    assert torch.equal(after[:100], before)
+    assert m.language_model.lm_head.weight.data_ptr() == after.data_ptr()  # still tied
+
+
+# ---------------------------------------------------------------------------- processor
+def _png_bytes(image: Image.Image, fmt: str = "PNG", **kwargs) -> Image.Image:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **kwargs)
+    buffer.seek(0)
+    return Image.open(buffer)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "CMYK", "I;16", "1", "LA"])
+def test_processor_accepts_every_pillow_mode(tokenizer, mode):
+    processor = Florence2Processor(tokenizer, image_size=64)
+    image = Image.new("RGB", (40, 30), (200, 30, 30)).convert(mode)
+    if mode == "I;16":
+        image = Image.fromarray(np.linspace(0, 65535, 40 * 30).astype(np.uint16).reshape(30, 40))
+    pixels = processor.preprocess_image(image)
+    assert pixels.shape == (3, 64, 64) and torch.isfinite(pixels).all()
+    if mode == "I;16":  # 16-bit range is stretched, not clipped to white
+        assert pixels.std() > 0.5
+
+
+def test_transparent_pixels_become_white(tokenizer):
+    processor = Florence2Processor(tokenizer, image_size=32)
+    clear = Image.new("RGBA", (8, 8), (0, 0, 0, 0))
+    pixels = processor.preprocess_image(clear) * processor.std + processor.mean
+    assert torch.allclose(pixels, torch.ones_like(pixels), atol=1e-5)
+
+
+def test_exif_orientation_is_applied(tokenizer):
+    image = Image.new("RGB", (40, 20), "red")
+    image.paste((0, 0, 255), (0, 0, 20, 20))  # left half blue
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise when displayed
+    jpeg = _png_bytes(image, "JPEG", exif=exif.tobytes(), quality=95)
+    from f2lightning.images import to_rgb
+
+    upright = to_rgb(jpeg)
+    assert upright.size == (20, 40)
+    top = np.asarray(upright)[2, 10]
+    assert top[2] > 200 and top[0] < 60  # the blue half is now on top
+
+
+def test_processor_batches_and_parses(tokenizer):
+    processor = Florence2Processor(tokenizer, image_size=64)
+    images = [Image.new("RGB", (30, 60)), Image.new("RGB", (100, 50))]
+    batch = processor(images, ["<CAPTION>", "<REGION_TO_CATEGORY>"], regions=[None, [10, 10, 50, 40]],
+                      targets=["a red circle", "circle"])
+    assert batch["pixel_values"].shape == (2, 3, 64, 64)
+    assert batch["input_ids"].shape == batch["attention_mask"].shape
+    assert batch["attention_mask"][0].sum() != batch["attention_mask"][1].sum()
+    assert (batch["labels"][batch["labels"] != -100] != tokenizer.pad_token_id).all()
+    assert (batch["labels"] == -100).any()  # padding never counts in the loss
+    prompt = tokenizer.decode(batch["input_ids"][1], skip_special_tokens=True)
+    assert prompt.startswith("What is the region <loc_100><loc_200><loc_500><loc_800>")
+    ids = torch.tensor([tokenizer("circle<loc_100><loc_200><loc_500><loc_666>")["input_ids"]])
+    parsed = processor.post_process(ids, ["<OD>"], [(100, 50)])[0]
+    assert parsed["labels"] == ["circle"]
+    assert parsed["bboxes"][0] == pytest.approx([10.05, 10.025, 50.05, 33.325])
