@@ -22,8 +22,8 @@ fi
 stamp=.venv/.f2lightning-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     echo "setup: installing f2lightning and its dependencies"
-    extras=dev
-    [ "${F2L_DOWNSTREAM:-1}" = 1 ] && extras=dev,downstream
+    extras=dev,streaming
+    [ "${F2L_DOWNSTREAM:-1}" = 1 ] && extras=dev,streaming,downstream
     "${pip[@]}" install -e ".[$extras]"
     touch "$stamp"
 fi

@@ -258,7 +258,10 @@ class Florence2LitModule(L.LightningModule):
             return
         for name, value in self.quality.compute().items():
             self.log(f"val/{name}", value, sync_dist=False)  # torchmetrics already synced across ranks
-        self.quality.reset()
+        # Fresh states must be ordinary tensors: made under inference mode they could not be updated by a
+        # later loop that runs without it (validate before fit, then fit's own validation).
+        with torch.inference_mode(False):
+            self.quality.reset()
 
     def _draw(self, task: str, batch: dict[str, Any], preds: list[Any]) -> None:
         from f2lightning.images import load_image

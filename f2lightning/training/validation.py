@@ -82,8 +82,10 @@ def model_problems(hp: Mapping[str, Any]) -> list[str]:
 def data_problems(hp: Mapping[str, Any]) -> list[str]:
     from f2lightning.data.expand import ALL_TASKS
 
+    tasks, weights = hp.get("tasks") or [], hp.get("task_weights") or {}
+    if not isinstance(tasks, list | tuple) or not isinstance(weights, Mapping):
+        return [f"data.tasks must be a list of task tokens and data.task_weights a mapping, got {tasks!r} / {weights!r}"]
     problems = []
-    tasks, weights = list(hp.get("tasks") or []), dict(hp.get("task_weights") or {})
     unknown = sorted(map(str, (set(tasks) | set(weights)) - set(ALL_TASKS)))
     if unknown:
         problems.append(f"data: unknown task(s) {unknown}; known: {', '.join(ALL_TASKS)}")
@@ -102,7 +104,8 @@ def data_problems(hp: Mapping[str, Any]) -> list[str]:
         problems.append(f"data.on_bad_sample must be 'raise' or 'skip', got {hp.get('on_bad_sample')!r}")
     if not hp.get("synthetic_dir"):
         # The synthetic dataset (and its tokenizer) is written by prepare_data; real files must exist now.
-        for file in [*(hp.get("train_files") or []), *(hp.get("val_files") or [])]:
+        files = [hp.get("train_files") or [], hp.get("val_files") or []]
+        for file in [f for group in files for f in (group if isinstance(group, list | tuple) else [group])]:
             if not _is(file, Path.is_file):
                 problems.append(f"data: record file {file} does not exist")
         tokenizer = hp.get("tokenizer")

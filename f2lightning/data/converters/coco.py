@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 from collections import defaultdict
 from typing import Any, Literal
@@ -41,8 +42,12 @@ def coco_polygons(segmentation: Any, width: int, height: int, report: Conversion
     """
     if isinstance(segmentation, list):
         polygons = [clip_points(p, width, height) for p in segmentation]
-        kept = [p for p in polygons if len(p) >= 6 and len(p) % 2 == 0]
-        report.drop("polygon_under_3_points", len(polygons) - len(kept))
+        # Clamping keeps NaN as NaN: such a polygon cannot be repaired, only dropped and counted.
+        finite = [p for p in polygons if all(math.isfinite(v) for v in p)]
+        if len(finite) < len(polygons):
+            report.drop("non_finite_polygon", len(polygons) - len(finite))
+        kept = [p for p in finite if len(p) >= 6 and len(p) % 2 == 0]
+        report.drop("polygon_under_3_points", len(finite) - len(kept))
         return kept
     if isinstance(segmentation, dict) and "counts" in segmentation:
         rle = segmentation

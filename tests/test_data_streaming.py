@@ -1,0 +1,174 @@
+"""The streaming path: litdata shards written here, mixed by weight, split by rank, resumed exactly."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections import Counter
+
+import lightning as L
+import pytest
+import torch
+
+pytest.importorskip("litdata")
+
+from f2lightning.cli import main as cli_main
+from f2lightning.data.datamodule import Florence2DataModule
+from f2lightning.data.dataset import Collator, MultitaskDataset
+from f2lightning.data.expand import expand
+from f2lightning.data.records import SkipReport, read_records
+from f2lightning.data.schema import BadRecordError
+from f2lightning.data.streaming import build_stream, streaming_loader, write_shards
+from f2lightning.data.synthetic import SyntheticConfig, make_synthetic
+from f2lightning.processor import Florence2Processor
+
+TASKS = ["<CAPTION>", "<OD>", "<VQA>"]
+SCENE = SyntheticConfig(image_size=96, font_size=12)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """20 synthetic images sharded per task into small chunks, so ranks and workers get several each."""
+    root = tmp_path_factory.mktemp("streaming")
+    records = make_synthetic(root / "data", 20, config=SCENE, val_fraction=0)["train"]
+    counts = write_shards([records], str(root / "shards"), tasks=TASKS, chunk_bytes="4KB")
+    return {"records": records, "shards": str(root / "shards"), "counts": counts, "root": root}
+
+
+@pytest.fixture(scope="module")
+def processor(tokenizer):
+    return Florence2Processor(tokenizer, image_size=32)
+
+
+def samples_of(loader) -> list[tuple[str, int]]:
+    return [pair for batch in loader for pair in zip(batch["task"], batch["index"])]
+
+
+def test_batches_look_like_the_map_style_path_and_cover_every_sample(corpus, processor) -> None:
+    expected = [s for r in read_records(corpus["records"]) for s in expand(r, TASKS)]
+    assert corpus["counts"] == dict(Counter(s.task for s in expected))
+
+    batches = list(streaming_loader(build_stream(corpus["shards"], processor), processor, 4, 0))
+    seen = Counter((task, target) for b in batches for task, target in zip(b["task"], b["target"]))
+    assert seen == Counter((s.task, s.target) for s in expected)  # every sample exactly once per epoch
+
+    mapped = MultitaskDataset({"<OD>": [s for s in expected if s.task == "<OD>"]}, processor)
+    reference = Collator(processor)([mapped[i] for i in range(4)])
+    streamed = batches[0]
+    assert streamed.keys() == reference.keys()
+    for key, value in reference.items():
+        if isinstance(value, torch.Tensor):
+            assert streamed[key].dtype == value.dtype and streamed[key].dim() == value.dim(), key
+    assert streamed["pixel_values"].shape == reference["pixel_values"].shape
+    assert all(size == (96, 96) for size in streamed["image_size"])
+
+
+def test_task_frequencies_follow_the_weights(corpus, processor) -> None:
+    stream = build_stream(corpus["shards"], processor, task_weights={"<CAPTION>": 1.0, "vqa": 3.0})
+    tasks = Counter(task for task, _ in samples_of(streaming_loader(stream, processor, 8, 0)))
+    assert set(tasks) == {"<CAPTION>", "<VQA>"}
+    # The weighted epoch ends when the 20 captions run out: ~80 draws, so 3 standard deviations is ~0.15.
+    assert tasks["<VQA>"] / tasks.total() == pytest.approx(0.75, abs=0.15)
+
+
+def test_two_ranks_see_disjoint_samples(corpus, processor, monkeypatch) -> None:
+    per_rank, weighted = [], []
+    for rank in (0, 1):
+        # What litdata reads when torch.distributed is not initialised (Lightning's launchers set them too).
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setenv("GLOBAL_RANK", str(rank))
+        per_rank.append(
+            samples_of(streaming_loader(build_stream(corpus["shards"], processor), processor, 4, 0))
+        )
+        stream = build_stream(corpus["shards"], processor, task_weights={"<CAPTION>": 1, "<OD>": 2})
+        weighted.append(samples_of(streaming_loader(stream, processor, 4, 0)))
+    assert len(weighted[0]) == len(weighted[1]) and not set(weighted[0]) & set(weighted[1])
+    first, second = (set(samples) for samples in per_rank)
+    assert len(first) == len(per_rank[0]) and len(second) == len(per_rank[1])
+    assert first and second and not first & second
+    assert len(per_rank[0]) == len(per_rank[1])  # equal lengths: DDP ranks step together
+    assert len(first | second) >= 0.8 * sum(corpus["counts"].values())  # only the tail is dropped
+
+
+def test_state_dict_resumes_with_the_same_next_samples(corpus, processor) -> None:
+    def loader():
+        stream = build_stream(corpus["shards"], processor, task_weights={"<OD>": 1, "<VQA>": 1}, seed=3)
+        return streaming_loader(stream, processor, batch_size=4, num_workers=2)
+
+    first = loader()
+    batches = iter(first)
+    for _ in range(3):
+        next(batches)
+    state = first.state_dict()
+    expected = [list(zip(b["task"], b["index"])) for b in (next(batches), next(batches))]
+    del batches
+
+    resumed = loader()
+    buffer = io.BytesIO()
+    torch.save(state, buffer)  # as in a checkpoint (JSON would turn the worker ids into strings)
+    buffer.seek(0)
+    resumed.load_state_dict(torch.load(buffer, weights_only=True))
+    batches = iter(resumed)
+    assert [list(zip(b["task"], b["index"])) for b in (next(batches), next(batches))] == expected
+
+
+class _Recorder(L.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(()))
+        self.seen: list[list[str]] = []
+
+    def training_step(self, batch, batch_idx):
+        self.seen.append(batch["target"])
+        return self.weight * batch["pixel_values"].mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_datamodule_streams_and_resumes_mid_epoch_through_the_checkpoint(corpus, tokenizer, tmp_path) -> None:
+    tokenizer.save_pretrained(tmp_path / "tokenizer")
+
+    def fit(steps: int, ckpt_path: str | None = None, callbacks=()) -> list[list[str]]:
+        data = Florence2DataModule(
+            streaming_dir=corpus["shards"], tokenizer=str(tmp_path / "tokenizer"), image_size=32,
+            tasks=["<CAPTION>", "<OD>"], batch_size=4, num_workers=0,
+        )  # fmt: skip
+        model = _Recorder()
+        trainer = L.Trainer(
+            max_steps=steps, accelerator="cpu", logger=False, enable_progress_bar=False,
+            enable_model_summary=False, enable_checkpointing=bool(callbacks), callbacks=list(callbacks),
+            default_root_dir=tmp_path,
+        )  # fmt: skip
+        trainer.fit(model, datamodule=data, ckpt_path=ckpt_path)
+        return model.seen
+
+    save = L.pytorch.callbacks.ModelCheckpoint(tmp_path / "ckpt", every_n_train_steps=3, save_top_k=-1)
+    uninterrupted = fit(6, callbacks=[save])
+    assert len(uninterrupted) == 6
+    checkpoint = next((tmp_path / "ckpt").glob("*step=3.ckpt"))
+    assert fit(6, ckpt_path=str(checkpoint)) == uninterrupted[3:]
+
+
+def test_unreadable_images_are_counted_when_sharding_and_when_streaming(tmp_path, processor, capsys) -> None:
+    records = make_synthetic(tmp_path / "data", 4, config=SCENE, val_fraction=0)["train"]
+    images = sorted((tmp_path / "data" / "images").iterdir())
+    images[0].write_bytes(images[0].read_bytes()[:100])  # header intact: only decoding finds it
+    images[1].write_bytes(b"not an image")  # found by the shard command
+    images[2].unlink()  # found by the shard command
+
+    report_path = tmp_path / "skipped.json"
+    argv = ["shard", str(records), "-o", str(tmp_path / "shards"), "--tasks", "<CAPTION>", "--workers", "1"]
+    assert cli_main([*argv, "--report", str(report_path)]) == 0
+    assert "wrote 2 samples" in capsys.readouterr().out
+    report = json.loads(report_path.read_text())
+    assert report["counts"] == {"bad_image": 1, "missing_image": 1}
+
+    loader = streaming_loader(build_stream(str(tmp_path / "shards"), processor), processor, 2, 0)
+    batches = list(loader)
+    skipped = [reason for b in batches for reason in b["skipped"]]
+    assert len(skipped) == 1 and images[0].name in skipped[0]
+    assert sum(b["size"] for b in batches) == 1
+
+    with pytest.raises(BadRecordError, match="does not exist"):
+        write_shards([records], str(tmp_path / "strict"), on_bad_sample="raise", report=SkipReport())
