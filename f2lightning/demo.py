@@ -16,7 +16,9 @@ import sys
 import time
 from pathlib import Path
 
+from f2lightning.training.checkpointing import use_atomic_checkpoint_io
 from f2lightning.training.cli import main as lightning_cli
+from f2lightning.training.validation import validate_fit
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
@@ -37,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     cli = lightning_cli(["-c", str(CONFIG), *argv], run=False)
     trainer, model, data = cli.trainer, cli.model, cli.datamodule
+    validate_fit(model.hparams, data.hparams, None)
+    use_atomic_checkpoint_io(trainer)
     start = time.perf_counter()
     before = trainer.validate(model, data, verbose=False)[0]
     trainer.fit(model, data)

@@ -47,7 +47,8 @@ def _image_size(cfg: Config) -> int:
 
 
 def tiny_config(path: Path) -> Config:
-    """The config with a tiny backbone (and matching neck / head widths) and no pretrained file."""
+    """The config with a tiny backbone (and matching neck / head widths), no pretrained file, and for UperNet
+    narrow heads."""
     cfg = Config.fromfile(str(path))
     backbone = cfg.model.backbone
     assert backbone.type == "Florence2DaViT"
@@ -57,6 +58,8 @@ def tiny_config(path: Path) -> Config:
     if cfg.model.type == "EncoderDecoder":
         cfg.model.decode_head.in_channels = [dims[i] for i in cfg.model.decode_head.in_index]
         cfg.model.auxiliary_head.in_channels = dims[cfg.model.auxiliary_head.in_index]
+        cfg.model.decode_head.channels = 64  # 512 in the config: most of a CPU step's cost at this size
+        cfg.model.auxiliary_head.channels = 32
         cfg.model.data_preprocessor.size = (64, 64)
     else:
         cfg.model.neck.in_channels = [dims[i] for i in backbone.out_indices]
