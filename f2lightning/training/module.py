@@ -17,6 +17,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch.optim.lr_scheduler import LambdaLR
+from transformers.models.bart.modeling_bart import shift_tokens_right
 
 from f2lightning.model import Florence2, Florence2Config
 from f2lightning.processor import Florence2Processor
@@ -178,21 +179,32 @@ class Florence2LitModule(L.LightningModule):
         return self
 
     # ------------------------------------------------------------------ steps
-    def forward(self, batch: dict[str, Any]):
-        return self.model(batch["pixel_values"], batch["input_ids"], batch["attention_mask"], labels=batch["labels"])
+    def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token-mean cross-entropy (paper eq. 1) and the per-token losses it averages.
+
+        One cross-entropy serves both the loss and the per-task figures (BART's own `labels=` path would
+        compute a second one over the full logits).
+        """
+        text = self.model.config.text
+        labels = batch["labels"]
+        decoder_input_ids = shift_tokens_right(labels, text.pad_token_id, text.decoder_start_token_id)
+        logits = self.model(
+            batch["pixel_values"], batch["input_ids"], batch["attention_mask"], decoder_input_ids=decoder_input_ids
+        ).logits
+        token_loss = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none")
+        return token_loss.sum() / (labels != -100).sum().clamp(min=1), token_loss
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         self._skipped_images += batch["skipped"]
         if not batch["size"]:
             return None
-        output = self(batch)
-        loss = output.loss
+        loss, token_loss = self(batch)
         if not self._all_ranks_finite(loss):
             self._skip_nonfinite("loss")
             return None
         self._nonfinite_in_a_row = 0
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["size"])
-        for task, value in self._loss_per_task(output.logits, batch).items():
+        for task, value in self._loss_per_task(token_loss.detach(), batch).items():
             self.log(f"train/loss/{task}", value, batch_size=batch["size"])
         return loss
 
@@ -222,10 +234,9 @@ class Florence2LitModule(L.LightningModule):
                 "rate, check the data, or use bf16 instead of fp16."
             )
 
-    @torch.no_grad()
-    def _loss_per_task(self, logits: torch.Tensor, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    @staticmethod
+    def _loss_per_task(token_loss: torch.Tensor, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         labels = batch["labels"]
-        token_loss = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none")
         per_sample = token_loss.sum(1) / (labels != -100).sum(1).clamp(min=1)
         by_task: dict[str, list[torch.Tensor]] = {}
         for task, value in zip(batch["task"], per_sample, strict=True):
@@ -235,7 +246,7 @@ class Florence2LitModule(L.LightningModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         if not batch["size"]:
             return
-        self.log("val/loss", self(batch).loss, sync_dist=True, batch_size=batch["size"])
+        self.log("val/loss", self(batch)[0], sync_dist=True, batch_size=batch["size"])
         task = batch["task"][0]
         kwargs = self.processor.generation_kwargs(task, self.hparams.num_beams)
         if self.hparams.val_max_new_tokens:

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# GPU check (< 5 minutes, no downloads, synthetic inputs): base preset train step in bf16 autocast on CUDA.
+# Prints each benchmark's table and a `BENCHMARK_JSON {...}` line: samples/s ours vs transformers, peak
+# memory (torch.cuda.max_memory_allocated), and MFU against the H200 bf16 dense spec (989 TFLOP/s) and a
+# measured 8192^2 bf16 matmul.   Usage: bash benchmarks/gpu_check.sh [python]
+set -u
+cd "$(dirname "$0")/.."
+PY="${1:-.venv/bin/python}"
+[ -x "$PY" ] || PY=python
+"$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name())" || exit 1
+status=0
+# Efficiency first: it is the number the check is for. Each step is time-boxed so one hang cannot eat the budget.
+timeout 120 "$PY" -m benchmarks.efficiency --preset base --device cuda --bf16 --batch-size 32 --steps 10 \
+    --warmup 3 --matmul-size 8192 --peak-tflops 989 || status=1
+timeout 150 "$PY" -m benchmarks.train_step --preset base --device cuda --bf16 --batch-size 32 --steps 10 \
+    --warmup 3 --synthetic-images 256 || status=1
+exit $status

@@ -1,0 +1,29 @@
+"""Every benchmark script runs end to end at its smallest settings and prints its JSON line (no timing checks).
+
+The scripts' `run(parse_args([...]))` is called in this process: starting four interpreters would spend most
+of the time importing torch and transformers.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+
+import pytest
+
+SMALL = ["--preset", "tiny", "--image-size", "64", "--batch-size", "2", "--device", "cpu"]
+SCRIPTS = {
+    "train_step": [*SMALL, "--steps", "1", "--warmup", "0", "--prompt-length", "6", "--target-length", "6"],
+    "generation": [*SMALL, "--repeats", "1", "--max-new-tokens", "2", "--tasks", "<CAPTION>"],
+    "data_pipeline": [*SMALL, "--batches", "1"],
+    "efficiency": [*SMALL, "--steps", "1", "--warmup", "0", "--matmul-size", "64"],
+}
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_benchmark_script_prints_json(script, capsys):
+    module = importlib.import_module(f"benchmarks.{script}")
+    module.run(module.parse_args(SCRIPTS[script]))
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("BENCHMARK_JSON ")]
+    assert len(lines) == 1
+    assert json.loads(lines[0].removeprefix("BENCHMARK_JSON "))["benchmark"] == script
