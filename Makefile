@@ -6,7 +6,9 @@ PY := .venv/bin/python
 setup:
 	bash scripts/setup.sh
 
-demo: setup
+# The demo needs no MMDetection stack: skip its (first-time, ~10 min) mmcv build.
+demo:
+	F2L_DOWNSTREAM=0 bash scripts/setup.sh
 	$(PY) -m f2lightning.demo
 
 test: setup

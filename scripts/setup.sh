@@ -19,11 +19,11 @@ if [ -n "$torch_spec" ] && ! .venv/bin/python -c "import torch, torchvision" 2>/
     "${pip[@]}" install $torch_spec
 fi
 
-stamp=.venv/.f2lightning-installed
+extras=dev,streaming
+[ "${F2L_DOWNSTREAM:-1}" = 1 ] && extras=dev,streaming,downstream
+stamp=.venv/.installed-${extras//,/-}
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-    echo "setup: installing f2lightning and its dependencies"
-    extras=dev,streaming
-    [ "${F2L_DOWNSTREAM:-1}" = 1 ] && extras=dev,streaming,downstream
+    echo "setup: installing f2lightning[$extras]"
     "${pip[@]}" install -e ".[$extras]"
     touch "$stamp"
 fi

@@ -18,6 +18,10 @@ class LearnedPositionEmbedding2D(nn.Module):
         super().__init__()
         self.row_embeddings = nn.Embedding(max_positions, dim // 2)
         self.column_embeddings = nn.Embedding(max_positions, dim - dim // 2)
+        # Small, as transformers initialises them (std 0.02): torch's N(0, 1) default would drown the image
+        # features in a sample-independent offset, and a model trained from scratch then ignores the image.
+        for table in (self.row_embeddings, self.column_embeddings):
+            nn.init.trunc_normal_(table.weight, std=0.02)
 
     def forward(self, height: int, width: int) -> torch.Tensor:
         limit = self.row_embeddings.num_embeddings
@@ -62,6 +66,7 @@ class ImageProjector(nn.Module):
         self.visual_temporal_embed = SinusoidalEmbedding1D(vision_dim, max_frames)
         self.image_projection = nn.Linear(vision_dim, d_model, bias=False)
         self.image_proj_norm = nn.LayerNorm(d_model)
+        nn.init.trunc_normal_(self.image_projection.weight, std=0.02)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         _, _, height, width = features.shape
