@@ -1,7 +1,7 @@
 # The two commands of the README. Both set up .venv first (idempotent, see scripts/setup.sh).
 PY := .venv/bin/python
 
-.PHONY: setup demo test lint
+.PHONY: setup demo test test-all lint
 
 setup:
 	bash scripts/setup.sh
@@ -13,6 +13,10 @@ demo:
 
 test: setup
 	$(PY) -m pytest -q
+
+# Also the slow tests: DDP, crash/resume, the learning run, MMDetection/MMSegmentation end-to-end runs.
+test-all: setup
+	$(PY) -m pytest -q -m "slow or not slow"
 
 lint: setup
 	$(PY) -m ruff check .
