@@ -82,16 +82,7 @@ def convert_textvqa(
         if not texts:
             report.drop("question_without_answers")
             continue
-        record = images.setdefault(
-            e["image_id"],
-            Record(
-                image=image_path(image_dir, _textvqa_image(e)),
-                width=int(e["image_width"]),
-                height=int(e["image_height"]),
-                id=str(e["image_id"]),
-                source="textvqa",
-            ),
-        )
+        record = _text_image_record(images, e, image_dir, "textvqa")
         record.vqa.append(VqaPair(question=e["question"].strip(), answers=texts))
     report.records += len(images)
     return list(images.values())
@@ -111,18 +102,8 @@ def convert_textcaps(
         if not caption:  # the test split has no captions
             report.drop("entry_without_caption")
             continue
-        record = images.setdefault(
-            e["image_id"],
-            Record(
-                image=image_path(image_dir, _textvqa_image(e)),
-                width=int(e["image_width"]),
-                height=int(e["image_height"]),
-                id=str(e["image_id"]),
-                source="textcaps",
-                texts={"brief": []},
-            ),
-        )
-        record.texts["brief"].append(caption)
+        record = _text_image_record(images, e, image_dir, "textcaps")
+        record.texts.setdefault("brief", []).append(caption)
     report.records += len(images)
     return list(images.values())
 
@@ -149,3 +130,16 @@ register_converter(
 )
 register_converter(Converter("textvqa", "TextVQA json", convert_textvqa, _single_json_arguments))
 register_converter(Converter("textcaps", "TextCaps json", convert_textcaps, _single_json_arguments))
+
+
+def _text_image_record(images: dict[str, Record], entry: dict, image_dir: str | os.PathLike, source: str) -> Record:
+    """The record of an entry's image, made on first sight (TextVQA and TextCaps share the image layout)."""
+    if entry["image_id"] not in images:
+        images[entry["image_id"]] = Record(
+            image=image_path(image_dir, _textvqa_image(entry)),
+            width=int(entry["image_width"]),
+            height=int(entry["image_height"]),
+            id=str(entry["image_id"]),
+            source=source,
+        )
+    return images[entry["image_id"]]
