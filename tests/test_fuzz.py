@@ -118,8 +118,8 @@ def test_fuzz_icdar_lines_raise_only_value_error(line):
 @given(source=st.dictionaries(st.sampled_from(["vision_config", "text_config", "vocab_size", "image_token_id"]),
                               json_values, max_size=4))
 def test_fuzz_hf_config_loader_raises_only_documented_errors(source):
-    # A malformed config.json fails as a type / value error (AttributeError: a section that is not an object).
-    with contextlib.suppress(TypeError, ValueError, AttributeError):
+    # A malformed config.json fails as a type / value error, never deeper (e.g. an AttributeError).
+    with contextlib.suppress(TypeError, ValueError):
         Florence2Config.from_hf_config(source)
 
 

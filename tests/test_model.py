@@ -64,6 +64,12 @@ def test_config_round_trips_and_reads_transformers_config(tmp_path):
     assert again.text.d_model == 96 and again.image_token_id == 5
     with pytest.raises(KeyError, match="tiny"):
         Florence2Config.preset("huge")
+    (tmp_path / "config.json").write_text('{"vision_config": [1, 2]}')
+    with pytest.raises(ValueError, match=r"config\.json: `vision_config` must be an object"):
+        Florence2Config.from_hf_config(tmp_path)
+    (tmp_path / "config.json").write_text('{"vision_config": ')
+    with pytest.raises(ValueError, match=r"config\.json: not valid JSON"):
+        Florence2Config.from_hf_config(tmp_path)
 
 
 def test_projector_rejects_images_beyond_the_position_table(model):

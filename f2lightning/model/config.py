@@ -103,13 +103,23 @@ class Florence2Config:
     @classmethod
     def from_hf_config(cls, source: dict[str, Any] | str | Path) -> Florence2Config:
         """Read a transformers Florence-2 `config.json` (native `florence2` or Microsoft remote code), any size."""
+        where = "config"
         if not isinstance(source, dict):
             path = Path(source)
             if path.is_dir():
                 path = path / "config.json"
-            source = json.loads(path.read_text())
+            where = str(path)
+            try:
+                source = json.loads(path.read_text())
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{where}: not valid JSON ({error})") from None
+        if not isinstance(source, dict):
+            raise ValueError(f"{where}: expected a JSON object, got {type(source).__name__}")
         vision_src = source.get("vision_config") or {}
         text_src = source.get("text_config") or {}
+        for name, section in (("vision_config", vision_src), ("text_config", text_src)):
+            if not isinstance(section, dict):
+                raise ValueError(f"{where}: `{name}` must be an object, got {type(section).__name__}")
         vision_defaults = VisionConfig()
         # The remote-code config names the widths `dim_embed` and nests the embedding table sizes.
         vision = VisionConfig(
