@@ -145,7 +145,7 @@ def _lr(trainer: L.Trainer) -> float:
     return trainer.optimizers[0].param_groups[0]["lr"]
 
 
-def test_exact_resume_mid_epoch(synthetic, tmp_path):
+def test_exact_resume_mid_epoch(synthetic, tmp_path, recwarn):
     steps = 8
     L.seed_everything(0)
     straight_lit, straight_seen = helpers.module(), RecordIndices()
@@ -166,6 +166,7 @@ def test_exact_resume_mid_epoch(synthetic, tmp_path):
 
     assert resumed.global_step == steps
     assert resumed_seen.seen == straight_seen.seen[steps // 2 :]
+    assert not [w for w in recwarn if "not resumable" in str(w.message)]  # the datamodule resumes the loader
     assert _lr(resumed) == pytest.approx(_lr(straight), rel=1e-9)
     for (name, a), b in zip(straight_lit.model.state_dict().items(), resumed_lit.model.state_dict().values(), strict=True):
         assert torch.allclose(a, b, atol=1e-6), name

@@ -11,12 +11,14 @@ import json
 import logging
 import random
 import re
+import warnings
 from collections import defaultdict
 from pathlib import Path
 from typing import Literal
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.warnings import PossibleUserWarning
 from torch.utils.data import DataLoader
 
 from f2lightning.data.dataset import Collator, MultitaskDataset
@@ -219,6 +221,9 @@ class Florence2DataModule(L.LightningDataModule):
     def load_state_dict(self, state: dict) -> None:
         if state:
             self._resume = {"epoch": state["epoch"], "batches_done": state["batches_done"]}
+            # Lightning warns "your dataloader is not resumable" for any mid-epoch resume of a loader without its own
+            # `state_dict`; this loader resumes exactly through the state above, so the warning would only mislead.
+            warnings.filterwarnings("ignore", message=".*your dataloader is not resumable", category=PossibleUserWarning)
 
 
 def train_tokenizer_on_records(files: list[str], out_dir: Path, vocab_size: int) -> Path:
