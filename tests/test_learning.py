@@ -6,14 +6,12 @@ import os
 
 import lightning as L
 import pytest
-import torch
 
 from f2lightning.data.datamodule import Florence2DataModule
 from f2lightning.data.synthetic import SyntheticConfig, make_synthetic
 from tests.helpers import training as helpers
 
 STEPS = int(os.environ.get("F2L_LEARN_STEPS", "400"))
-READ_STEPS = 250
 
 
 @pytest.mark.slow
@@ -35,28 +33,3 @@ def test_tiny_model_learns_the_synthetic_tasks(tmp_path_factory):
     # Measured: 7.4 -> 1.7 in 400 steps. Caption accuracy and box recall stay at the untrained level in a run this
     # short: a DaViT trained from scratch takes longer to be read through cross-attention (see issue notes).
     assert after["val/loss"] < 0.4 * before["val/loss"]
-
-
-def test_tiny_model_reads_the_image(tmp_path_factory):
-    """A couple of hundred steps on single-shape captions ("A red circle.") make the loss depend on the image.
-
-    The loss with each sample's own image must fall well below the loss with the images shuffled across the batch:
-    a model that only learned the captions' prior scores both the same. With timm's default conv init, or without
-    gradient clipping, the two stayed equal (see `f2lightning.model.vision.init_convolutions`).
-    """
-    data = tmp_path_factory.mktemp("read")
-    make_synthetic(data, 3000, seed=0, config=SyntheticConfig(max_shapes=1, max_text_lines=0))
-    L.seed_everything(0)
-    dm = Florence2DataModule(
-        synthetic_dir=str(data), tokenizer_vocab_size=600, image_size=128, batch_size=16, num_workers=0,
-        tasks=["<CAPTION>"], val_samples_per_task=64, val_batch_size=64, epoch_length=16 * READ_STEPS,
-    )
-    lit = helpers.module(config_overrides=None, lr=1e-3, warmup_steps=50, min_lr_ratio=1.0)
-    helpers.trainer(data, READ_STEPS, gradient_clip_val=1.0).fit(lit, dm)
-    val = next(iter(dm.val_dataloader()))
-    lit.eval()
-    with torch.no_grad():
-        own = lit(val)[0].item()
-        shuffled = lit({**val, "pixel_values": val["pixel_values"].roll(1, dims=0)})[0].item()
-    print({"own images": own, "shuffled images": shuffled})
-    assert shuffled > own + 0.1
