@@ -313,8 +313,13 @@ def test_cli_rejects_contradictory_config_at_startup_with_one_message(tmp_path):
         ({"preset": "tiny", "pretrained": "/no/such/model"}, None, "pretrained /no/such/model does not exist"),
         ({"preset": "huge"}, None, "unknown preset"),
         ({"preset": "tiny"}, {"train_files": ["/no/train.jsonl"], "tokenizer": "/no/tok"}, "/no/train.jsonl does not exist"),
+        ({"preset": "tiny", "vision_lr_scale": 0}, None, "vision_lr_scale must be a positive number.*freeze_vision"),
+        ({"preset": "tiny"}, {"synthetic_dir": "x", "tasks": ["<OD>"], "warmup_task_weights": {"<CAPTION>": 1},
+                              "warmup_task_steps": 10}, r"warmup_task_weights name tasks that are not trained on: \['<CAPTION>'\]"),
+        ({"preset": "tiny"}, {"synthetic_dir": "x", "warmup_task_steps": 10}, "warmup_task_weights is empty"),
     ],
-    ids=["unknown-task", "image-size", "weights", "pretrained-missing", "preset", "files-missing"],
+    ids=["unknown-task", "image-size", "weights", "pretrained-missing", "preset", "files-missing", "vision-lr-scale",
+         "warmup-tasks", "warmup-empty"],
 )
 def test_config_validation_names_the_problem(model, data, expected):
     with pytest.raises(ConfigError, match=expected):

@@ -76,6 +76,7 @@ class Florence2LitModule(L.LightningModule):
         lr: float = 1e-4,
         weight_decay: float = 0.05,
         betas: tuple[float, float] = (0.9, 0.999),
+        vision_lr_scale: float = 1.0,
         warmup_steps: int = 5000,
         min_lr_ratio: float = 0.0,
         freeze_vision: bool = False,
@@ -98,6 +99,9 @@ class Florence2LitModule(L.LightningModule):
                 multi-modal encoder-decoder from (paper §6.1); its vocabulary is resized to the tokenizer's.
             tokenizer: tokenizer directory; default: the datamodule's, else the pretrained checkpoint's.
             image_size: input resolution (384 pre-training, 768 high-resolution tuning); linked to the data's.
+            vision_lr_scale: the image encoder's learning rate is `lr * vision_lr_scale`. Below 1 (e.g. 0.1) it keeps
+                a DaViT trained from scratch from collapsing to image-independent features in its first steps
+                (CONTRIBUTING "Training from scratch").
             freeze_vision / freeze_vision_stages / freeze_language: Table 12 and Table 8 style freezing.
             max_nonfinite_steps: stop with an error after this many consecutive skipped non-finite steps.
         """
@@ -305,7 +309,7 @@ class Florence2LitModule(L.LightningModule):
     # ------------------------------------------------------------------ optimization
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
-        optimizer = build_optimizer(self.model, hp.lr, hp.weight_decay, tuple(hp.betas))
+        optimizer = build_optimizer(self.model, hp.lr, hp.weight_decay, tuple(hp.betas), hp.vision_lr_scale)
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         schedule = LambdaLR(optimizer, warmup_cosine(min(hp.warmup_steps, total), total, hp.min_lr_ratio))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

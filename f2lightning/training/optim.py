@@ -8,19 +8,20 @@ import torch
 from torch import nn
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Decay only matrices of linear / conv layers; never biases, norms, embeddings or position tables."""
-    decay, no_decay = [], []
+def param_groups(model: nn.Module, weight_decay: float, lr: float, vision_lr_scale: float = 1.0) -> list[dict]:
+    """Decay only matrices of linear / conv layers; never biases, norms, embeddings or position tables.
+
+    The image encoder's parameters (`vision_tower.*`) get `lr * vision_lr_scale`.
+    """
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue  # frozen weights stay out of the optimizer entirely
-        if param.ndim < 2 or "embed" in name or "shared" in name or "position" in name:
-            no_decay.append(param)
-        else:
-            decay.append(param)
+        decays = not (param.ndim < 2 or "embed" in name or "shared" in name or "position" in name)
+        groups.setdefault((decays, name.startswith("vision_tower.")), []).append(param)
     return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {"params": params, "weight_decay": weight_decay if decays else 0.0, "lr": lr * (vision_lr_scale if vision else 1)}
+        for (decays, vision), params in sorted(groups.items(), reverse=True)
     ]
 
 
@@ -37,10 +38,14 @@ def warmup_cosine(warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0
 
 
 def build_optimizer(
-    model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.999)
+    model: nn.Module,
+    lr: float,
+    weight_decay: float,
+    betas: tuple[float, float] = (0.9, 0.999),
+    vision_lr_scale: float = 1.0,
 ) -> torch.optim.AdamW:
-    groups = param_groups(model, weight_decay)
-    if not any(group["params"] for group in groups):
+    groups = param_groups(model, weight_decay, lr, vision_lr_scale)
+    if not groups:
         raise ValueError("every parameter is frozen: nothing to train")
     # The fused kernel is the fastest AdamW on CUDA and on CPU (about 3x the for-each kernel there, measured in
     # benchmarks/); other devices or dtypes fall back to PyTorch's default.

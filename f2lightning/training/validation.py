@@ -68,6 +68,11 @@ def model_problems(hp: Mapping[str, Any]) -> list[str]:
         problems.append(f"model.tokenizer {tokenizer} is not a directory")
     if not _positive(hp.get("lr", 1.0)):
         problems.append(f"model.lr must be a positive number, got {hp.get('lr')}")
+    if not _positive(hp.get("vision_lr_scale", 1.0)):
+        problems.append(
+            f"model.vision_lr_scale must be a positive number, got {hp.get('vision_lr_scale')} "
+            "(use model.freeze_vision to keep the image encoder fixed)"
+        )
     if not _count(hp.get("max_nonfinite_steps", 1)):
         problems.append(f"model.max_nonfinite_steps must be >= 1, got {hp.get('max_nonfinite_steps')}")
     config = model_config(hp)
@@ -94,6 +99,13 @@ def data_problems(hp: Mapping[str, Any]) -> list[str]:
         problems.append(f"data.task_weights must be positive finite numbers, got {bad_weights}")
     if tasks and weights and set(weights) - set(tasks):
         problems.append(f"data.task_weights name tasks not in data.tasks: {sorted(map(str, set(weights) - set(tasks)))}")
+    warmup = hp.get("warmup_task_weights") or {}
+    if not isinstance(warmup, Mapping) or not all(_positive(w) or w == 0 for w in warmup.values()):
+        problems.append(f"data.warmup_task_weights must map tasks to non-negative numbers, got {warmup!r}")
+    elif set(warmup) - set(tasks or weights or ALL_TASKS):
+        problems.append(f"data.warmup_task_weights name tasks that are not trained on: {sorted(map(str, set(warmup) - set(tasks or weights or ALL_TASKS)))}")
+    if hp.get("warmup_task_steps") and not warmup:
+        problems.append("data.warmup_task_steps is set but data.warmup_task_weights is empty")
     image_size = hp.get("image_size", 768)
     if not _count(image_size) or image_size % 32:
         problems.append(f"data.image_size must be a positive multiple of 32 (DaViT's stride), got {image_size}")
