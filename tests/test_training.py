@@ -86,11 +86,35 @@ def test_length_bucketing_reduces_padding_and_keeps_samples():
     assert waste(bucketed) < waste(plain) / 3
 
 
+def test_task_warmup_draws_its_own_mix_first_then_the_configured_one():
+    sizes = {"a": 50, "b": 50}
+    # 25 warm-up samples over 2 ranks, epochs of 20: the warm-up spans epoch 0 and the first 5 draws of epoch 1.
+    samplers = [MixedTaskSampler(sizes, {"a": 1.0, "b": 1.0}, epoch_length=20, seed=0, rank=r, world_size=2,
+                                 warmup_weights={"a": 1.0}, warmup_length=25) for r in (0, 1)]
+    streams = []
+    for epoch in (0, 1, 2):
+        for sampler in samplers:
+            sampler.set_epoch(epoch)
+        streams.append(samplers[0].global_stream())
+        assert sorted(list(samplers[0]) + list(samplers[1])) == sorted(streams[-1])
+    assert all(i < 50 for i in streams[0] + streams[1][:5])
+    later = streams[1][5:] + streams[2]
+    assert sum(i >= 50 for i in later) > 10  # b is sampled again once the warm-up is over
+    # Without a warm-up the stream is unchanged by the new code path (same generator draws).
+    plain = MixedTaskSampler(sizes, {"a": 1.0, "b": 1.0}, epoch_length=20, seed=0)
+    plain.set_epoch(2)
+    assert plain.global_stream() == streams[2]
+
+
 def test_invalid_weights_fail_clearly():
     with pytest.raises(ValueError, match="positive"):
         MixedTaskSampler({"a": 3}, {"a": 0.0})
     with pytest.raises(ValueError, match="without samples"):
         MixedTaskSampler({"a": 3}, {"b": 1.0})
+    with pytest.raises(ValueError, match=r"not trained on: \['c'\]"):
+        MixedTaskSampler({"a": 3, "b": 3}, warmup_weights={"c": 1.0}, warmup_length=4)
+    with pytest.raises(ValueError, match="one positive"):
+        MixedTaskSampler({"a": 3, "b": 3}, warmup_weights={"a": 0.0}, warmup_length=4)
 
 
 # ---------------------------------------------------------------------------- freezing
@@ -115,6 +139,24 @@ def test_frozen_weights_stay_bit_identical_after_adamw_step(freeze):
     if freeze.get("vision_stages") == 2:
         assert all(not p.requires_grad for p in model.vision_tower.stem.parameters())
         assert all(p.requires_grad for p in model.vision_tower.stages[2].parameters())
+
+
+def test_vision_lr_scale_slows_only_the_image_encoder():
+    torch.manual_seed(0)
+    model = Florence2(Florence2Config.preset("tiny", image_size=64))
+    optimizer = build_optimizer(model, lr=1e-3, weight_decay=0.0, vision_lr_scale=0.1)
+    grouped = [p for group in optimizer.param_groups for p in group["params"]]
+    assert len(grouped) == len(set(map(id, grouped))) == len(list(model.parameters()))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    out = model(torch.randn(2, 3, 64, 64), torch.randint(5, 300, (2, 6)), labels=torch.randint(5, 300, (2, 5)))
+    out.loss.backward()
+    optimizer.step()
+    # Adam's first step moves every parameter with a gradient by about its learning rate.
+    steps = {n: (p - before[n]).abs().max().item() for n, p in model.named_parameters()}
+    vision = [v for n, v in steps.items() if n.startswith("vision_tower.")]
+    language = [v for n, v in steps.items() if n.startswith("language_model.")]
+    assert max(vision) == pytest.approx(1e-4, rel=0.01)
+    assert max(language) == pytest.approx(1e-3, rel=0.01)
 
 
 def test_freeze_rejects_stage_out_of_range():
@@ -147,22 +189,26 @@ def _lr(trainer: L.Trainer) -> float:
 
 def test_exact_resume_mid_epoch(synthetic, tmp_path, recwarn):
     steps = 8
+
+    def data():  # the captions-first warm-up runs past the resume point
+        return helpers.datamodule(synthetic, warmup_task_weights={"<CAPTION>": 1}, warmup_task_steps=6)
+
     L.seed_everything(0)
     straight_lit, straight_seen = helpers.module(), RecordIndices()
     straight = helpers.trainer(tmp_path / "a", steps, callbacks=[straight_seen])
-    straight.fit(straight_lit, helpers.datamodule(synthetic))
+    straight.fit(straight_lit, data())
 
     L.seed_everything(0)
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=steps // 2, save_top_k=-1)
     first = helpers.trainer(tmp_path / "b", steps, callbacks=[checkpoint, StopAt(steps // 2)], enable_checkpointing=True)
-    first.fit(helpers.module(), helpers.datamodule(synthetic))
+    first.fit(helpers.module(), data())
     assert first.global_step == steps // 2
     saved = next((tmp_path / "ckpt").glob("*.ckpt"))
 
     L.seed_everything(123)  # resuming must not depend on the process's RNG state
     resumed_lit, resumed_seen = helpers.module(), RecordIndices()
     resumed = helpers.trainer(tmp_path / "c", steps, callbacks=[resumed_seen])
-    resumed.fit(resumed_lit, helpers.datamodule(synthetic), ckpt_path=saved)
+    resumed.fit(resumed_lit, data(), ckpt_path=saved)
 
     assert resumed.global_step == steps
     assert resumed_seen.seen == straight_seen.seen[steps // 2 :]

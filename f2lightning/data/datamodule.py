@@ -44,6 +44,8 @@ class Florence2DataModule(L.LightningDataModule):
         tasks: list[str] | None = None,
         task_weights: dict[str, float] | None = None,
         epoch_length: int | None = None,
+        warmup_task_weights: dict[str, float] | None = None,
+        warmup_task_steps: int = 0,
         batch_size: int = 8,
         val_batch_size: int | None = None,
         val_samples_per_task: int | None = 32,
@@ -66,6 +68,10 @@ class Florence2DataModule(L.LightningDataModule):
             tasks: task tokens to train on (default: every task the records support).
             task_weights: relative sampling weight per task (default: proportional to sample counts).
             epoch_length: samples per epoch over all ranks (default: all samples once).
+            warmup_task_weights / warmup_task_steps: sampling weights for the first `warmup_task_steps` batches
+                of training (per rank), e.g. `{"<CAPTION>": 1}`: a model trained from scratch on several tasks at
+                once learns to tell the prompts apart and ignores the image; a short caption-only start makes it
+                read the image first (see CONTRIBUTING "Training from scratch"). Tasks left out get weight 0.
             val_samples_per_task: cap on validation samples per task (generation is slow).
             on_bad_sample: `raise` stops at the first bad record / image naming it; `skip` counts and reports.
             bucket_batches: >1 sorts each window of that many batches by target length (less padding).
@@ -86,7 +92,9 @@ class Florence2DataModule(L.LightningDataModule):
             raise ValueError("give a tokenizer directory (e.g. a local copy of facebook/bart-base)")
         if image_size % 32:
             raise ValueError(f"image_size must be a multiple of 32 (DaViT's stride), got {image_size}")
-        unknown = sorted((set(tasks or []) | set(task_weights or {})) - set(ALL_TASKS))
+        if warmup_task_steps and streaming_dir is not None:
+            raise ValueError("warmup_task_steps applies to record files, not to streaming_dir")
+        unknown = sorted((set(tasks or []) | set(task_weights or {}) | set(warmup_task_weights or {})) - set(ALL_TASKS))
         if unknown:
             raise ValueError(f"unknown task(s) {unknown}; known: {', '.join(ALL_TASKS)}")
         self.train_files, self.val_files = list(train_files or []), list(val_files or [])
@@ -165,19 +173,20 @@ class Florence2DataModule(L.LightningDataModule):
         return self.trainer.global_rank, self.trainer.world_size
 
     def train_dataloader(self) -> DataLoader:
-        if self.hparams.streaming_dir is not None:  # litdata splits the stream across ranks and workers itself
+        hp = self.hparams
+        if hp.streaming_dir is not None:  # litdata splits the stream across ranks and workers itself
             from f2lightning.data.streaming import build_stream, streaming_loader
 
-            hp = self.hparams
             stream = build_stream(hp.streaming_dir, self.processor, hp.tasks, hp.task_weights, hp.seed, hp.on_bad_sample)
             return streaming_loader(stream, self.processor, hp.batch_size, hp.num_workers)
         rank, world_size = self._rank()
         dataset = self.train_dataset
         sampler = MixedTaskSampler(
-            dataset.task_sizes, self.hparams.task_weights, self.hparams.epoch_length, self.hparams.seed, rank, world_size
+            dataset.task_sizes, hp.task_weights, hp.epoch_length, hp.seed, rank, world_size,
+            warmup_weights=hp.warmup_task_weights, warmup_length=hp.warmup_task_steps * hp.batch_size * world_size,
         )
-        lengths = [len(sample.target) for sample in dataset.flat] if self.hparams.bucket_batches > 1 else None
-        self._train_batches = ResumableBatchSampler(sampler, self.hparams.batch_size, lengths, self.hparams.bucket_batches)
+        lengths = [len(sample.target) for sample in dataset.flat] if hp.bucket_batches > 1 else None
+        self._train_batches = ResumableBatchSampler(sampler, hp.batch_size, lengths, hp.bucket_batches)
         if self._resume is not None:
             self._train_batches.resume(**self._resume)
             self._resume = None

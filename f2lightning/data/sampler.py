@@ -2,7 +2,9 @@
 
 Each epoch draws `epoch_length` (task, index) pairs from a generator seeded by (seed, epoch): the task by its
 weight, the index by walking a fresh permutation of that task's samples (so a task's samples repeat only
-after all of them were used). The global stream is dealt round-robin to ranks, so ranks never share a
+after all of them were used). An optional warm-up draws the first `warmup_length` samples of training by other
+weights (e.g. captions only, so that a model trained from scratch learns to read the image before it must also
+tell tasks apart). The global stream is dealt round-robin to ranks, so ranks never share a
 sample and together they cover the stream once. `ResumableBatchSampler` groups the stream into batches
 (optionally bucketed by length) and can skip the batches an interrupted epoch already trained on.
 """
@@ -26,6 +28,8 @@ class MixedTaskSampler(Sampler[int]):
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        warmup_weights: Mapping[str, float] | None = None,
+        warmup_length: int = 0,
     ) -> None:
         self.tasks = [task for task, size in task_sizes.items() if size > 0]
         if not self.tasks:
@@ -46,6 +50,14 @@ class MixedTaskSampler(Sampler[int]):
             total += task_sizes[task]
         self.offsets = offsets
         self.weights = torch.tensor([weights[task] for task in self.tasks], dtype=torch.double)
+        self.warmup_length = warmup_length if warmup_weights else 0
+        if self.warmup_length:
+            outside = sorted(set(warmup_weights) - set(self.tasks))
+            if outside:
+                raise ValueError(f"warm-up weights name tasks that are not trained on: {outside}")
+            if not all(w >= 0 for w in warmup_weights.values()) or not any(w > 0 for w in warmup_weights.values()):
+                raise ValueError(f"warm-up weights must be non-negative with one positive, got {dict(warmup_weights)}")
+            self.warmup_weights = torch.tensor([float(warmup_weights.get(t, 0)) for t in self.tasks], dtype=torch.double)
         self.epoch_length = epoch_length or sum(self.sizes)
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world size {world_size}")
@@ -65,7 +77,12 @@ class MixedTaskSampler(Sampler[int]):
 
     def global_stream(self) -> list[int]:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        choices = torch.multinomial(self.weights, self.epoch_length, replacement=True, generator=generator).tolist()
+        # The warm-up counts samples from the start of training, so it may span several short epochs.
+        warm = min(max(self.warmup_length - self.epoch * self.epoch_length, 0), self.epoch_length)
+        choices = []
+        for weights, count in ((self.warmup_weights if warm else None, warm), (self.weights, self.epoch_length - warm)):
+            if count:
+                choices += torch.multinomial(weights, count, replacement=True, generator=generator).tolist()
         cursors = [0] * len(self.tasks)
         orders: list[Sequence[int]] = [[] for _ in self.tasks]
         stream = []
