@@ -115,6 +115,8 @@ def test_invalid_weights_fail_clearly():
         MixedTaskSampler({"a": 3, "b": 3}, warmup_weights={"c": 1.0}, warmup_length=4)
     with pytest.raises(ValueError, match="one positive"):
         MixedTaskSampler({"a": 3, "b": 3}, warmup_weights={"a": 0.0}, warmup_length=4)
+    with pytest.raises(ValueError, match="needs warmup_weights"):
+        MixedTaskSampler({"a": 3, "b": 3}, warmup_length=4)
 
 
 # ---------------------------------------------------------------------------- freezing

@@ -50,8 +50,11 @@ class MixedTaskSampler(Sampler[int]):
             total += task_sizes[task]
         self.offsets = offsets
         self.weights = torch.tensor([weights[task] for task in self.tasks], dtype=torch.double)
-        self.warmup_length = warmup_length if warmup_weights else 0
-        if self.warmup_length:
+        if warmup_length and not warmup_weights:
+            raise ValueError(f"warmup_length={warmup_length} needs warmup_weights naming the warm-up tasks")
+        self.warmup_length = warmup_length
+        self.warmup_weights = None
+        if warmup_length:
             outside = sorted(set(warmup_weights) - set(self.tasks))
             if outside:
                 raise ValueError(f"warm-up weights name tasks that are not trained on: {outside}")
@@ -80,7 +83,7 @@ class MixedTaskSampler(Sampler[int]):
         # The warm-up counts samples from the start of training, so it may span several short epochs.
         warm = min(max(self.warmup_length - self.epoch * self.epoch_length, 0), self.epoch_length)
         choices = []
-        for weights, count in ((self.warmup_weights if warm else None, warm), (self.weights, self.epoch_length - warm)):
+        for weights, count in ((self.warmup_weights, warm), (self.weights, self.epoch_length - warm)):
             if count:
                 choices += torch.multinomial(weights, count, replacement=True, generator=generator).tolist()
         cursors = [0] * len(self.tasks)

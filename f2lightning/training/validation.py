@@ -100,12 +100,14 @@ def data_problems(hp: Mapping[str, Any]) -> list[str]:
     if tasks and weights and set(weights) - set(tasks):
         problems.append(f"data.task_weights name tasks not in data.tasks: {sorted(map(str, set(weights) - set(tasks)))}")
     warmup = hp.get("warmup_task_weights") or {}
-    if not isinstance(warmup, Mapping) or not all(_positive(w) or w == 0 for w in warmup.values()):
-        problems.append(f"data.warmup_task_weights must map tasks to non-negative numbers, got {warmup!r}")
+    if not isinstance(warmup, Mapping) or not all(_positive(w) or w == 0 for w in warmup.values()) or (
+        warmup and not any(_positive(w) for w in warmup.values())
+    ):
+        problems.append(f"data.warmup_task_weights must map tasks to non-negative numbers, one positive, got {warmup!r}")
     elif set(warmup) - set(tasks or weights or ALL_TASKS):
         problems.append(f"data.warmup_task_weights name tasks that are not trained on: {sorted(map(str, set(warmup) - set(tasks or weights or ALL_TASKS)))}")
-    if hp.get("warmup_task_steps") and not warmup:
-        problems.append("data.warmup_task_steps is set but data.warmup_task_weights is empty")
+    if bool(hp.get("warmup_task_steps")) != bool(warmup):
+        problems.append("data.warmup_task_weights and data.warmup_task_steps go together: give both or neither")
     image_size = hp.get("image_size", 768)
     if not _count(image_size) or image_size % 32:
         problems.append(f"data.image_size must be a positive multiple of 32 (DaViT's stride), got {image_size}")
