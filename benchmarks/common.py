@@ -32,8 +32,10 @@ def build_ours(
     vocab_size: int | None = None,
     activation_checkpointing: bool = False,
     seed: int = 0,
+    compile: bool = False,
 ):
-    """`Florence2LitModule` with its model built by the module's own code path (vocab padding, checkpointing).
+    """`Florence2LitModule` with its model built by the module's own code path (vocab padding, checkpointing,
+    compilation).
 
     `vocab_size` defaults to the preset's (51289 for base, i.e. the real Florence-2 LM head); it only grows to
     fit the tokenizer, so the small offline tokenizer does not make the LM head unrealistically cheap.
@@ -46,7 +48,7 @@ def build_ours(
     config = config.replace(
         text={"vocab_size": -(-vocab // 64) * 64}, image_token_id=tokenizer.convert_tokens_to_ids("<image>")
     )
-    module = Florence2LitModule(preset=preset, activation_checkpointing=activation_checkpointing)
+    module = Florence2LitModule(preset=preset, activation_checkpointing=activation_checkpointing, compile=compile)
     module._build(tokenizer, config)
     return module
 

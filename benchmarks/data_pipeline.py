@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     collate = Collator(processor)
     plan = iter(datamodule.train_dataloader().batch_sampler)
     module = build_ours(args.preset, args.image_size, datamodule.tokenizer)
-    step = make_ours_step(module, device, argparse.Namespace(channels_last=False, compile=False, bf16=False))
+    step = make_ours_step(module, device, argparse.Namespace(channels_last=False, bf16=False))
 
     stages = {"decode": 0.0, "transform": 0.0, "tokenize + collate": 0.0, "worker total": 0.0}
     train_seconds, samples = 0.0, 0

@@ -44,7 +44,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--activation-checkpointing", action="store_true")
     parser.add_argument("--channels-last", action="store_true")
-    parser.add_argument("--compile", action="store_true")
     parser.add_argument("--peak-tflops", type=float, default=None, help="spec dense peak for the dtype, if known")
     return parser.parse_args(argv)
 

@@ -47,6 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--vocab-size", type=int, default=None, help="default: the preset's")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--bf16", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="ours only: torch.compile the image encoder")
     return parser.parse_args(argv)
 
 
@@ -104,12 +105,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     datamodule = synthetic_datamodule(args.image_size, args.batch_size)
     model = build_ours(args.preset, args.image_size, datamodule.tokenizer, args.vocab_size).model.to(device).eval()
     reference = reference_from(model, device).eval()
+    if args.compile:
+        model.compile_image_encoder()
     processor = datamodule.processor
     records = datamodule.train_dataset.flat[: args.batch_size]
     images = [load_image(sample.image_path) for sample in records]
     result: dict[str, Any] = {
         "benchmark": "generation", "preset": args.preset, "image_size": args.image_size,
         "batch_size": args.batch_size, "num_beams": args.num_beams, "max_new_tokens": args.max_new_tokens,
+        "compile": args.compile,
         **environment(device, args.bf16), "tasks": {},
     }
     for task in args.tasks:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 
 import numpy as np
@@ -39,6 +40,26 @@ def test_batched_generation_equals_one_by_one(model, num_beams):
         row = batched[i][: len(alone)]
         assert torch.equal(row, alone), i
         assert (batched[i][len(alone) :] == 1).all()  # only padding after the sample's own end
+
+
+
+def test_compiled_image_encoder_gives_the_same_tokens_and_generations(model):
+    model = copy.deepcopy(model)
+    pixels = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    input_ids = torch.tensor([[0, 11, 12, 2], [0, 21, 22, 2]])
+    kwargs = {"max_new_tokens": 10, "num_beams": 3, "do_sample": False}
+    with torch.no_grad():
+        eager_tokens = model.encode_image(pixels)
+    eager = model.generate(pixels, input_ids, **kwargs)
+    keys = list(model.state_dict())
+    torch._dynamo.reset()
+    model.compile_image_encoder()
+    with torch.no_grad():
+        compiled_tokens = model.encode_image(pixels)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1
+    torch.testing.assert_close(compiled_tokens, eager_tokens, rtol=1e-4, atol=1e-5)
+    assert torch.equal(model.generate(pixels, input_ids, **kwargs), eager)
+    assert list(model.state_dict()) == keys
 
 
 def test_base_and_large_presets_match_table_15():

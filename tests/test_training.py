@@ -161,10 +161,47 @@ def test_vision_lr_scale_slows_only_the_image_encoder():
     assert max(language) == pytest.approx(1e-3, rel=0.01)
 
 
+
 def test_freeze_rejects_stage_out_of_range():
     model = Florence2(Florence2Config.preset("tiny", image_size=64))
     with pytest.raises(ValueError, match=r"0\.\.4"):
         model.freeze(vision_stages=5)
+
+
+
+@pytest.mark.parametrize("option", ["activation_checkpointing", "compile"])
+def test_speed_options_compute_the_same_loss_and_gradients(synthetic, option):
+    """Options that change how the step is computed, not what: same loss and gradients as the plain module."""
+    dm = helpers.datamodule(synthetic)
+    dm.prepare_data()
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    # Without dropout / drop-path the two runs are deterministic (compiled dropout draws other random numbers).
+    overrides = {
+        "vision": {**helpers.MICRO["vision"], "drop_path_rate": 0.0},
+        "text": {**helpers.MICRO["text"], "dropout": 0.0, "attention_dropout": 0.0, "activation_dropout": 0.0},
+    }
+    torch._dynamo.reset()
+    runs = []
+    for kwargs in ({}, {option: True}):
+        torch.manual_seed(0)
+        module = helpers.module(config_overrides=overrides, **kwargs)
+        module._build(dm.tokenizer)
+        module.train()
+        loss, _ = module(batch)
+        loss.backward()
+        runs.append((module, loss.detach(), {n: p.grad for n, p in module.named_parameters() if p.requires_grad}))
+    (plain, plain_loss, plain_grads), (fast, fast_loss, fast_grads) = runs
+    if option == "compile":
+        assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1
+        assert list(fast.state_dict()) == list(plain.state_dict())
+    else:
+        assert all(stage.grad_checkpointing for stage in fast.model.vision_tower.stages)
+        assert fast.model.language_model.is_activation_checkpointing
+    torch.testing.assert_close(fast_loss, plain_loss, rtol=1e-5, atol=1e-5)
+    assert fast_grads.keys() == plain_grads.keys()
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(fast_grads[name], grad, rtol=1e-3, atol=1e-5, msg=name)
 
 
 # ---------------------------------------------------------------------------- exact resume

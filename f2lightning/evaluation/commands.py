@@ -26,6 +26,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=None, help="cap on every task's output length")
     parser.add_argument("--num-workers", type=int, default=None, help="image decoding processes (default 2)")
     parser.add_argument("--limit", type=int, default=None, help="score only the first N samples of each split")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the image encoder (pays off on long runs)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("-o", "--output", default=None, help="folder for results.md, results.json, predictions/")
     parser.set_defaults(func=run_evaluate)
@@ -45,6 +46,8 @@ def run_evaluate(args: argparse.Namespace) -> None:
         ]
         if value is not None
     }
+    if args.compile:
+        overrides["compile_image_encoder"] = True
     if args.no_progress:
         overrides["progress"] = False
     results = evaluate(

@@ -52,6 +52,7 @@ class GenerationSettings:
     num_workers: int = 2
     device: str = "cpu"
     bf16: bool = False  # autocast to bfloat16 (CUDA)
+    compile_image_encoder: bool = False  # torch.compile DaViT + projector; the first batch of each shape compiles
     progress: bool = True
 
 
@@ -118,6 +119,8 @@ def generate(
     results: list[Generation | None] = [None] * len(samples)
     progress = tqdm(total=len(samples), desc=description, unit="sample", disable=not settings.progress)
     model.eval()
+    if settings.compile_image_encoder:
+        model.compile_image_encoder()
     for batch in loader:
         for index, generation in zip(batch["indices"], _generate_batch(model, processor, batch, kwargs, settings)):
             results[index] = generation

@@ -37,12 +37,25 @@ class Florence2(nn.Module):
         bart_config._attn_implementation = "sdpa"
         self.language_model = BartForConditionalGeneration(bart_config)
         self.tokenizer = None  # attached by from_pretrained / the training module when known
+        self._compiled_image_encoder = None
 
     # ------------------------------------------------------------------ inputs
     def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """`(B, 3, H, W)` → `(B, 1 + H/32 * W/32, d_model)` image tokens."""
-        features = self.vision_tower.forward_features(pixel_values)
-        return self.projector(features)
+        if self._compiled_image_encoder is not None:
+            return self._compiled_image_encoder(pixel_values)
+        return self._encode_image(pixel_values)
+
+    def _encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.projector(self.vision_tower.forward_features(pixel_values))
+
+    def compile_image_encoder(self, **compile_options: Any) -> None:
+        """`torch.compile` the image encoder (DaViT + projector) as one graph; weights and state-dict keys are unchanged.
+
+        The image encoder is most of a generation call, and in inference it compiles well (DaViT's many LayerNorms,
+        window reshapes and depthwise convs fuse). Each new image size or batch size pays the compile time again.
+        """
+        self._compiled_image_encoder = torch.compile(self._encode_image, **compile_options)
 
     def embed_inputs(
         self,
