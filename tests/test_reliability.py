@@ -314,6 +314,7 @@ def test_cli_rejects_contradictory_config_at_startup_with_one_message(tmp_path):
         ({"preset": "huge"}, None, "unknown preset"),
         ({"preset": "tiny"}, {"train_files": ["/no/train.jsonl"], "tokenizer": "/no/tok"}, "/no/train.jsonl does not exist"),
         ({"preset": "tiny", "vision_lr_scale": 0}, None, "vision_lr_scale must be a positive number.*freeze_vision"),
+        ({"preset": "tiny", "hold_encoders_steps": -5}, None, "hold_encoders_steps must be a whole number >= 0, got -5"),
         ({"preset": "tiny"}, {"synthetic_dir": "x", "tasks": ["<OD>"], "warmup_task_weights": {"<CAPTION>": 1},
                               "warmup_task_steps": 10}, r"warmup_task_weights name tasks that are not trained on: \['<CAPTION>'\]"),
         ({"preset": "tiny"}, {"synthetic_dir": "x", "warmup_task_steps": 10}, "give both or neither"),
@@ -321,7 +322,7 @@ def test_cli_rejects_contradictory_config_at_startup_with_one_message(tmp_path):
         ({"preset": "tiny"}, {"synthetic_dir": "x", "warmup_task_weights": {"<OD>": 0}}, "one positive"),
     ],
     ids=["unknown-task", "image-size", "weights", "pretrained-missing", "preset", "files-missing", "vision-lr-scale",
-         "warmup-tasks", "warmup-no-weights", "warmup-no-steps",
+         "hold-encoders", "warmup-tasks", "warmup-no-weights", "warmup-no-steps",
          "warmup-all-zero"],
 )
 def test_config_validation_names_the_problem(model, data, expected):

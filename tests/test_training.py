@@ -162,6 +162,42 @@ def test_vision_lr_scale_slows_only_the_image_encoder():
 
 
 
+def test_hold_encoders_steps_keeps_the_encoders_fixed_then_trains_them(synthetic, tmp_path):
+    from f2lightning.training.optim import ENCODER_PREFIXES
+
+    class Snapshots(L.Callback):
+        def __init__(self):
+            self.weights = []
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.weights.append({n: p.detach().clone() for n, p in pl_module.model.named_parameters()})
+
+    snapshots = Snapshots()
+    module = helpers.module(hold_encoders_steps=2, warmup_steps=1)
+    before = {}
+
+    class Initial(L.Callback):
+        def on_train_start(self, trainer, pl_module):
+            before.update({n: p.detach().clone() for n, p in pl_module.model.named_parameters()})
+
+    helpers.trainer(tmp_path, max_steps=3, callbacks=[Initial(), snapshots]).fit(module, helpers.datamodule(synthetic))
+    encoder = [n for n in before if n.startswith(ENCODER_PREFIXES)]
+    others = [n for n in before if not n.startswith(ENCODER_PREFIXES)]
+    assert any(n.startswith("vision_tower.") for n in encoder) and any(".encoder.layers." in n for n in encoder)
+    assert "language_model.model.shared.weight" in others  # the shared embedding is the decoder's too
+    first, second, third = snapshots.weights
+    for name in encoder:
+        assert torch.equal(first[name], before[name]) and torch.equal(second[name], before[name]), name
+    assert sum(not torch.equal(third[n], before[n]) for n in encoder) > 0.9 * len(encoder)
+    assert sum(not torch.equal(first[n], before[n]) for n in others) > 0.9 * len(others)
+
+
+
+def test_hold_encoders_for_the_whole_run_is_an_error(synthetic, tmp_path):
+    with pytest.raises(ValueError, match="hold_encoders_steps=3 is not below the run's 3 optimizer steps"):
+        helpers.trainer(tmp_path, max_steps=3).fit(helpers.module(hold_encoders_steps=3), helpers.datamodule(synthetic))
+
+
 def test_freeze_rejects_stage_out_of_range():
     model = Florence2(Florence2Config.preset("tiny", image_size=64))
     with pytest.raises(ValueError, match=r"0\.\.4"):

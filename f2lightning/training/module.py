@@ -22,7 +22,7 @@ from transformers.models.bart.modeling_bart import shift_tokens_right
 from f2lightning.model import Florence2, Florence2Config
 from f2lightning.processor import Florence2Processor
 from f2lightning.tasks import get_task
-from f2lightning.training.optim import build_optimizer, warmup_cosine
+from f2lightning.training.optim import build_optimizer, hold, warmup_cosine
 from f2lightning.training.quality import TaskQuality
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,7 @@ class Florence2LitModule(L.LightningModule):
         weight_decay: float = 0.05,
         betas: tuple[float, float] = (0.9, 0.999),
         vision_lr_scale: float = 1.0,
+        hold_encoders_steps: int = 0,
         warmup_steps: int = 5000,
         min_lr_ratio: float = 0.0,
         freeze_vision: bool = False,
@@ -103,6 +104,10 @@ class Florence2LitModule(L.LightningModule):
             vision_lr_scale: the image encoder's learning rate is `lr * vision_lr_scale`. Below 1 (e.g. 0.1) it keeps
                 a DaViT trained from scratch from collapsing to image-independent features in its first steps
                 (CONTRIBUTING "Training from scratch").
+            hold_encoders_steps: the image encoder, projector and multi-modal encoder keep their weights (learning
+                rate 0) for the first N optimizer steps while the decoder learns to read them; from scratch a
+                trainable BART encoder otherwise washes the image information out of its output within ~50 steps
+                (CONTRIBUTING "Training from scratch"). Their Adam moments still accumulate meanwhile.
             freeze_vision / freeze_vision_stages / freeze_language: Table 12 and Table 8 style freezing.
             activation_checkpointing: recompute DaViT stages and BART layers in the backward pass instead of keeping
                 their activations (less memory, about a third more compute).
@@ -323,7 +328,14 @@ class Florence2LitModule(L.LightningModule):
         hp = self.hparams
         optimizer = build_optimizer(self.model, hp.lr, hp.weight_decay, tuple(hp.betas), hp.vision_lr_scale)
         total = max(int(self.trainer.estimated_stepping_batches), 1)
-        schedule = LambdaLR(optimizer, warmup_cosine(min(hp.warmup_steps, total), total, hp.min_lr_ratio))
+        if hp.hold_encoders_steps >= total:
+            raise ValueError(
+                f"model.hold_encoders_steps={hp.hold_encoders_steps} is not below the run's {total} optimizer steps: "
+                "the encoders would never train"
+            )
+        multiplier = warmup_cosine(min(hp.warmup_steps, total), total, hp.min_lr_ratio)
+        held = hold(multiplier, hp.hold_encoders_steps)
+        schedule = LambdaLR(optimizer, [held if group["encoder"] else multiplier for group in optimizer.param_groups])
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     # ------------------------------------------------------------------ checkpoints

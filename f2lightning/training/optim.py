@@ -7,21 +7,38 @@ import math
 import torch
 from torch import nn
 
+# What `Florence2LitModule(hold_encoders_steps=N)` keeps fixed: the image encoder, the projector and the
+# multi-modal (BART) encoder. Not the shared token embedding: it is also the decoder's input and the LM head.
+ENCODER_PREFIXES = (
+    "vision_tower.",
+    "projector.",
+    "language_model.model.encoder.layers.",
+    "language_model.model.encoder.layernorm_embedding.",
+    "language_model.model.encoder.embed_positions.",
+)
+
 
 def param_groups(model: nn.Module, weight_decay: float, lr: float, vision_lr_scale: float = 1.0) -> list[dict]:
     """Decay only matrices of linear / conv layers; never biases, norms, embeddings or position tables.
 
-    The image encoder's parameters (`vision_tower.*`) get `lr * vision_lr_scale`.
+    The image encoder's parameters (`vision_tower.*`) get `lr * vision_lr_scale`. Each group says whether it
+    belongs to the encoders (`"encoder"`, see `ENCODER_PREFIXES`), so a schedule can treat them apart.
     """
-    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    groups: dict[tuple[bool, bool, bool], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue  # frozen weights stay out of the optimizer entirely
         decays = not (param.ndim < 2 or "embed" in name or "shared" in name or "position" in name)
-        groups.setdefault((decays, name.startswith("vision_tower.")), []).append(param)
+        key = (decays, name.startswith("vision_tower."), name.startswith(ENCODER_PREFIXES))
+        groups.setdefault(key, []).append(param)
     return [
-        {"params": params, "weight_decay": weight_decay if decays else 0.0, "lr": lr * (vision_lr_scale if vision else 1)}
-        for (decays, vision), params in sorted(groups.items(), reverse=True)
+        {
+            "params": params,
+            "weight_decay": weight_decay if decays else 0.0,
+            "lr": lr * (vision_lr_scale if vision else 1),
+            "encoder": encoder,
+        }
+        for (decays, vision, encoder), params in sorted(groups.items(), reverse=True)
     ]
 
 
@@ -35,6 +52,15 @@ def warmup_cosine(warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0
         return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return multiplier
+
+
+def hold(multiplier, steps: int):
+    """`multiplier`, but 0 (no update, no weight decay) for the first `steps` steps."""
+
+    def held(step: int) -> float:
+        return 0.0 if step < steps else multiplier(step)
+
+    return held
 
 
 def build_optimizer(

@@ -73,6 +73,9 @@ def model_problems(hp: Mapping[str, Any]) -> list[str]:
             f"model.vision_lr_scale must be a positive number, got {hp.get('vision_lr_scale')} "
             "(use model.freeze_vision to keep the image encoder fixed)"
         )
+    hold_steps = hp.get("hold_encoders_steps", 0)
+    if not (hold_steps == 0 or _count(hold_steps)):
+        problems.append(f"model.hold_encoders_steps must be a whole number >= 0, got {hold_steps!r}")
     if not _count(hp.get("max_nonfinite_steps", 1)):
         problems.append(f"model.max_nonfinite_steps must be >= 1, got {hp.get('max_nonfinite_steps')}")
     config = model_config(hp)
