@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -54,7 +55,7 @@ def warmup_cosine(warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0
     return multiplier
 
 
-def hold(multiplier, steps: int):
+def hold(multiplier: Callable[[int], float], steps: int) -> Callable[[int], float]:
     """`multiplier`, but 0 (no update, no weight decay) for the first `steps` steps."""
 
     def held(step: int) -> float:
