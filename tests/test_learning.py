@@ -22,7 +22,7 @@ HOLD_ENCODERS = 300
 VAL_SAMPLES = 96
 
 
-def validated(path: Path, samples: int | None = None) -> list[dict]:
+def read_records(path: Path, samples: int | None = None) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()][:samples]
 
 
@@ -68,8 +68,8 @@ def test_tiny_model_learns_the_synthetic_tasks(tmp_path_factory):
         with torch.no_grad():
             own[task] = lit(batch)[0].item()
             shuffled[task] = lit({**batch, "pixel_values": batch["pixel_values"].roll(1, dims=0)})[0].item()
-    val = validated(data / "val.jsonl", VAL_SAMPLES)
-    priors = {"caption": caption_prior(val), "box": box_prior(validated(data / "train.jsonl"), val)}
+    val = read_records(data / "val.jsonl", VAL_SAMPLES)
+    priors = {"caption": caption_prior(val), "box": box_prior(read_records(data / "train.jsonl"), val)}
     print({k: (round(before.get(k, float("nan")), 3), round(v, 3)) for k, v in after.items()},
           {"loss own images": own, "shuffled images": shuffled, "image-blind priors": priors})
     assert after["val/loss"] < 0.4 * before["val/loss"]

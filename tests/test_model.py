@@ -42,7 +42,6 @@ def test_batched_generation_equals_one_by_one(model, num_beams):
         assert (batched[i][len(alone) :] == 1).all()  # only padding after the sample's own end
 
 
-
 def test_compiled_image_encoder_gives_the_same_tokens_and_generations(model):
     model = copy.deepcopy(model)
     pixels = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
