@@ -7,7 +7,7 @@ statistics, and task tokens become natural-language prompts.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from typing import Any
 
 import numpy as np
@@ -18,6 +18,22 @@ from transformers import PreTrainedTokenizerBase
 from f2lightning.images import to_rgb
 from f2lightning.model.config import IMAGENET_MEAN, IMAGENET_STD
 from f2lightning.tasks import get_task
+
+
+def share_images(image_keys: Sequence[Hashable]) -> tuple[list[int], torch.Tensor]:
+    """Let samples that show the same image share one row of `pixel_values`.
+
+    Returns the positions of the first sample of each distinct image (the rows to stack, in order) and
+    `image_index`, the row each sample reads (`Florence2.forward(image_index=...)`). Exact because
+    preprocessing is deterministic: the same file always gives the same tensor.
+    """
+    rows: dict[Hashable, int] = {}
+    firsts: list[int] = []
+    for position, key in enumerate(image_keys):
+        if key not in rows:
+            rows[key] = len(firsts)
+            firsts.append(position)
+    return firsts, torch.tensor([rows[key] for key in image_keys], dtype=torch.long)
 
 
 class Florence2Processor:

@@ -13,7 +13,8 @@ import pytest
 
 SMALL = ["--preset", "tiny", "--image-size", "64", "--batch-size", "2", "--device", "cpu"]
 SCRIPTS = {
-    "train_step": [*SMALL, "--steps", "1", "--warmup", "0", "--prompt-length", "6", "--target-length", "6"],
+    "train_step": [*SMALL, "--steps", "1", "--warmup", "0", "--prompt-length", "6", "--target-length", "6",
+                   "--tasks-per-image", "2"],
     "generation": [*SMALL, "--repeats", "1", "--max-new-tokens", "2", "--tasks", "<CAPTION>"],
     "data_pipeline": [*SMALL, "--batches", "1"],
     "efficiency": [*SMALL, "--steps", "1", "--warmup", "0", "--matmul-size", "64"],

@@ -97,6 +97,27 @@ def test_loads_transformers_checkpoint(hf_dir, hf_model, batch):
     _assert_same_generations(ours, hf_model, batch)
 
 
+def test_samples_sharing_an_image_match_transformers_fed_a_copy_each(hf_dir, hf_model, batch):
+    """`image_index`: two prompts about image 0 and one about image 1, from two rows of `pixel_values`."""
+    ours = Florence2.from_pretrained(hf_dir).eval()
+    pixel_values, input_ids, attention_mask, labels = batch
+    image_index = torch.tensor([0, 1, 0])
+    rows = torch.tensor([0, 1, 1])  # the third sample repeats the second's prompt and target with image 0
+    input_ids, attention_mask, labels = input_ids[rows], attention_mask[rows], labels[rows]
+    copies = pixel_values[image_index]
+    with torch.no_grad():
+        expected = hf_model(**_hf_inputs(copies, input_ids, attention_mask), labels=labels)
+        swapped = hf_model(**_hf_inputs(pixel_values[1 - image_index], input_ids, attention_mask), labels=labels)
+        actual = ours(pixel_values, input_ids, attention_mask, labels=labels, image_index=image_index)
+    # The random model's logits move by ~4e-4 with the image, so the right images must match far closer.
+    assert (actual.logits - expected.logits).abs().max() <= 1e-5
+    assert (actual.logits - swapped.logits).abs().max() >= 1e-4
+    assert torch.allclose(actual.loss, expected.loss, atol=1e-6)
+    kwargs = {"max_new_tokens": 12, "do_sample": False, "num_beams": 3}
+    expected_ids = hf_model.generate(**_hf_inputs(copies, input_ids, attention_mask), **kwargs)
+    assert torch.equal(ours.generate(pixel_values, input_ids, attention_mask, image_index, **kwargs), expected_ids)
+
+
 def test_save_pretrained_opens_in_transformers(hf_dir, hf_model, batch, tmp_path):
     ours = Florence2.from_pretrained(hf_dir).eval()
     ours.save_pretrained(tmp_path / "ours")

@@ -14,12 +14,19 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from f2lightning.data.datamodule import Florence2DataModule
 from f2lightning.data.sampler import MixedTaskSampler, ResumableBatchSampler
+from f2lightning.images import load_image
 from f2lightning.model import Florence2, Florence2Config
 from f2lightning.training.optim import build_optimizer
 from tests.helpers import training as helpers
 
 ROOT = Path(__file__).resolve().parents[1]
+# Without dropout / drop-path two computations of one step are deterministic and comparable.
+NO_DROPOUT = {
+    "vision": {**helpers.MICRO["vision"], "drop_path_rate": 0.0},
+    "text": {**helpers.MICRO["text"], "dropout": 0.0, "attention_dropout": 0.0, "activation_dropout": 0.0},
+}
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +91,80 @@ def test_length_bucketing_reduces_padding_and_keeps_samples():
 
     assert sorted(i for b in bucketed for i in b) == sorted(i for b in plain for i in b)
     assert waste(bucketed) < waste(plain) / 3
+
+
+def _images_by_index(sizes: dict[str, int]) -> list[str]:
+    """Task a has one sample per image 0..29; task b two per image for images 0..9 only."""
+    return [f"img{i}" for i in range(sizes["a"])] + [f"img{i // 2}" for i in range(sizes["b"])]
+
+
+def test_same_image_runs_keep_the_task_mix_and_share_images_where_they_can():
+    sizes, weights = {"a": 30, "b": 20}, {"a": 1.0, "b": 1.0}
+    images = _images_by_index(sizes)
+    plain = MixedTaskSampler(sizes, weights, epoch_length=400, seed=2).global_stream()
+    runs = MixedTaskSampler(sizes, weights, epoch_length=400, seed=2, tasks_per_image=2, image_keys=images)
+    stream = runs.global_stream()
+    assert [i < 30 for i in stream] == [i < 30 for i in plain]  # the same task at every position
+    pairs = [stream[i : i + 2] for i in range(0, 400, 2)]
+    assert all(first != second for first, second in pairs)  # never the same sample twice in a run
+    shared = [images[first] == images[second] for first, second in pairs]
+    # A run shares its image unless the second task has no sample of it (b only covers images 0..9).
+    # b's images are images[30:]; a has one sample per image, so a second a sample needs a b sample first.
+    possible = [
+        (images[first] in images[30:]) if second >= 30 else first >= 30 for first, second in pairs
+    ]
+    assert shared == possible and sum(shared) > 40
+    # Each rank gets whole runs; the ranks cover the stream once.
+    ranks = [list(MixedTaskSampler(sizes, weights, epoch_length=400, seed=2, rank=r, world_size=2,
+                                   tasks_per_image=2, image_keys=images)) for r in (0, 1)]
+    assert ranks[0] == [i for pair in pairs[0::2] for i in pair] and ranks[1] == [i for pair in pairs[1::2] for i in pair]
+
+
+def test_length_bucketing_moves_same_image_runs_as_one():
+    sizes = {"a": 30, "b": 20}
+    images = _images_by_index(sizes)
+    lengths = [(i * 37) % 101 for i in range(50)]
+    sampler = MixedTaskSampler(sizes, epoch_length=200, seed=0, tasks_per_image=2, image_keys=images)
+    runs = {tuple(sampler.global_stream()[i : i + 2]) for i in range(0, 200, 2)}
+    batches = list(ResumableBatchSampler(sampler, 4, lengths=lengths, bucket_batches=5))
+    assert {tuple(b[i : i + 2]) for b in batches for i in (0, 2)} == runs
+    with pytest.raises(ValueError, match="multiple of tasks_per_image 2"):
+        ResumableBatchSampler(sampler, 3)
+    with pytest.raises(ValueError, match="needs image_keys"):
+        MixedTaskSampler(sizes, tasks_per_image=2)
+
+
+def test_tasks_per_image_settings_fail_clearly(tmp_path):
+    with pytest.raises(ValueError, match="multiple of tasks_per_image 3"):
+        helpers.datamodule(tmp_path, batch_size=4, tasks_per_image=3)
+    with pytest.raises(ValueError, match="not to streaming_dir"):
+        Florence2DataModule(streaming_dir=str(tmp_path), tokenizer=str(tmp_path), batch_size=4, tasks_per_image=2)
+    with pytest.raises(ValueError, match=">= 1"):
+        MixedTaskSampler({"a": 3}, tasks_per_image=0)
+
+
+def test_samples_sharing_an_image_give_the_loss_and_gradients_of_one_copy_each(synthetic):
+    """The batch encodes each image once (`image_index`); the step is the step on per-sample copies."""
+    dm = helpers.datamodule(synthetic, tasks_per_image=2)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["pixel_values"].shape[0] < batch["size"] == 4
+    for row, index in zip(batch["image_index"], batch["index"], strict=True):
+        expected = dm.processor.preprocess_image(load_image(dm.train_dataset.flat[index].image_path))
+        assert torch.equal(batch["pixel_values"][row], expected)
+    copies = {**batch, "pixel_values": batch["pixel_values"][batch["image_index"]], "image_index": None}
+    module = helpers.module(config_overrides=NO_DROPOUT)
+    module._build(dm.tokenizer)
+    results = []
+    for inputs in (batch, copies):
+        module.zero_grad()
+        loss, _ = module(inputs)
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in module.named_parameters()}))
+    (shared_loss, shared_grads), (copies_loss, copies_grads) = results
+    torch.testing.assert_close(shared_loss, copies_loss, rtol=1e-5, atol=1e-6)
+    for name, grad in copies_grads.items():
+        torch.testing.assert_close(shared_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_task_warmup_draws_its_own_mix_first_then_the_configured_one():
@@ -212,16 +293,11 @@ def test_speed_options_compute_the_same_loss_and_gradients(synthetic, option):
     dm.prepare_data()
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
-    # Without dropout / drop-path the two runs are deterministic (compiled dropout draws other random numbers).
-    overrides = {
-        "vision": {**helpers.MICRO["vision"], "drop_path_rate": 0.0},
-        "text": {**helpers.MICRO["text"], "dropout": 0.0, "attention_dropout": 0.0, "activation_dropout": 0.0},
-    }
     torch._dynamo.reset()
     runs = []
     for kwargs in ({}, {option: True}):
         torch.manual_seed(0)
-        module = helpers.module(config_overrides=overrides, **kwargs)
+        module = helpers.module(config_overrides=NO_DROPOUT, **kwargs)
         module._build(dm.tokenizer)
         module.train()
         loss, _ = module(batch)

@@ -55,6 +55,7 @@ class Florence2DataModule(L.LightningDataModule):
         max_prompt_length: int = 256,
         max_target_length: int = 1024,
         bucket_batches: int = 0,
+        tasks_per_image: int = 1,
         max_images: int | None = None,
         streaming_dir: str | None = None,
     ) -> None:
@@ -75,6 +76,9 @@ class Florence2DataModule(L.LightningDataModule):
             val_samples_per_task: cap on validation samples per task (generation is slow).
             on_bad_sample: `raise` stops at the first bad record / image naming it; `skip` counts and reports.
             bucket_batches: >1 sorts each window of that many batches by target length (less padding).
+            tasks_per_image: >1 draws runs of this many samples that ask about the same image where the records
+                allow (task mix unchanged); the batch encodes each image once, so the image encoder's share of
+                a step shrinks by up to this factor. `batch_size` must be a multiple of it.
             max_images: train on a seeded random subset of this many training images (Table 11 data scaling).
             streaming_dir: train from the per-task litdata shards `f2lightning shard` wrote there (a folder, or
                 an object-store URL when `tasks` / `task_weights` name the tasks) instead of `train_files`;
@@ -94,6 +98,10 @@ class Florence2DataModule(L.LightningDataModule):
             raise ValueError(f"image_size must be a multiple of 32 (DaViT's stride), got {image_size}")
         if warmup_task_steps and streaming_dir is not None:
             raise ValueError("warmup_task_steps applies to record files, not to streaming_dir")
+        if tasks_per_image > 1 and streaming_dir is not None:
+            raise ValueError("tasks_per_image applies to record files, not to streaming_dir")
+        if tasks_per_image < 1 or batch_size % tasks_per_image:
+            raise ValueError(f"batch_size {batch_size} must be a positive multiple of tasks_per_image {tasks_per_image}")
         unknown = sorted((set(tasks or []) | set(task_weights or {}) | set(warmup_task_weights or {})) - set(ALL_TASKS))
         if unknown:
             raise ValueError(f"unknown task(s) {unknown}; known: {', '.join(ALL_TASKS)}")
@@ -184,6 +192,7 @@ class Florence2DataModule(L.LightningDataModule):
         sampler = MixedTaskSampler(
             dataset.task_sizes, hp.task_weights, hp.epoch_length, hp.seed, rank, world_size,
             warmup_weights=hp.warmup_task_weights, warmup_length=hp.warmup_task_steps * hp.batch_size * world_size,
+            tasks_per_image=hp.tasks_per_image, image_keys=[sample.image_path for sample in dataset.flat],
         )
         lengths = [len(sample.target) for sample in dataset.flat] if hp.bucket_batches > 1 else None
         self._train_batches = ResumableBatchSampler(sampler, hp.batch_size, lengths, hp.bucket_batches)

@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 
 from f2lightning.data.expand import Sample
 from f2lightning.images import BadImageError, load_image
-from f2lightning.processor import Florence2Processor
+from f2lightning.processor import Florence2Processor, share_images
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ class MultitaskDataset(Dataset):
             return {"skipped": str(error), "index": index}
         return {
             "index": index,
+            "image_key": sample.image_path,
             "pixel_values": self.processor.preprocess_image(image),
             "prompt": sample.prompt,
             "target": sample.target,
@@ -54,7 +55,10 @@ class MultitaskDataset(Dataset):
 
 @dataclass
 class Collator:
-    """Tokenizes in the worker and pads each batch only to its own longest prompt and target."""
+    """Tokenizes in the worker and pads each batch only to its own longest prompt and target.
+
+    Samples of one image (`image_key`) share a row of `pixel_values`; `image_index` maps samples to rows.
+    """
 
     processor: Florence2Processor
 
@@ -66,7 +70,8 @@ class Collator:
             return batch
         batch.update(self.processor.tokenize_prompts([item["prompt"] for item in items]))
         batch["labels"] = self.processor.tokenize_targets([item["target"] for item in items])
-        batch["pixel_values"] = torch.stack([item["pixel_values"] for item in items])
+        firsts, batch["image_index"] = share_images([item["image_key"] for item in items])
+        batch["pixel_values"] = torch.stack([items[i]["pixel_values"] for i in firsts])
         for key in ("index", "task", "image_size", "target"):
             batch[key] = [item[key] for item in items]
         return batch

@@ -4,14 +4,18 @@ Each epoch draws `epoch_length` (task, index) pairs from a generator seeded by (
 weight, the index by walking a fresh permutation of that task's samples (so a task's samples repeat only
 after all of them were used). An optional warm-up draws the first `warmup_length` samples of training by other
 weights (e.g. captions only, so that a model trained from scratch learns to read the image before it must also
-tell tasks apart). The global stream is dealt round-robin to ranks, so ranks never share a
-sample and together they cover the stream once. `ResumableBatchSampler` groups the stream into batches
-(optionally bucketed by length) and can skip the batches an interrupted epoch already trained on.
+tell tasks apart). With `tasks_per_image=k`, each run of k draws asks about one image where it can: the
+first draw picks a sample as above, the next k-1 keep their drawn task but take a sample of the same image when
+the image has one (an FLD-5B-style record has many), so the image encoder runs once for all of them. The
+global stream is dealt round-robin to ranks in these runs, so ranks never share a sample and together they
+cover the stream once. `ResumableBatchSampler` groups the stream into batches (optionally bucketed by length,
+keeping runs together) and can skip the batches an interrupted epoch already trained on.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections import defaultdict
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 
 import torch
 from torch.utils.data import Sampler
@@ -30,7 +34,10 @@ class MixedTaskSampler(Sampler[int]):
         world_size: int = 1,
         warmup_weights: Mapping[str, float] | None = None,
         warmup_length: int = 0,
+        tasks_per_image: int = 1,
+        image_keys: Sequence[Hashable] | None = None,
     ) -> None:
+        """`image_keys[i]` names the image of dataset index `i`; needed when `tasks_per_image > 1`."""
         self.tasks = [task for task, size in task_sizes.items() if size > 0]
         if not self.tasks:
             raise ValueError("no task has any sample")
@@ -66,6 +73,19 @@ class MixedTaskSampler(Sampler[int]):
             raise ValueError(f"rank {rank} outside world size {world_size}")
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.epoch = 0
+        if tasks_per_image < 1:
+            raise ValueError(f"tasks_per_image must be >= 1, got {tasks_per_image}")
+        if tasks_per_image > 1 and image_keys is None:
+            raise ValueError(f"tasks_per_image={tasks_per_image} needs image_keys (the image of every dataset index)")
+        self.tasks_per_image, self.image_keys = tasks_per_image, image_keys
+        # Per task: image → the task's local indices that show it.
+        self.by_image: list[dict[Hashable, list[int]]] = []
+        if tasks_per_image > 1:
+            for offset, size in zip(self.offsets, self.sizes, strict=True):
+                same: dict[Hashable, list[int]] = defaultdict(list)
+                for local in range(size):
+                    same[image_keys[offset + local]].append(local)
+                self.by_image.append(same)
 
     @property
     def probabilities(self) -> dict[str, float]:
@@ -76,7 +96,8 @@ class MixedTaskSampler(Sampler[int]):
 
     def __len__(self) -> int:
         # Ranks get equal lengths (the stream's tail is dropped), so DDP ranks run the same number of steps.
-        return self.epoch_length // self.world_size
+        runs = self.epoch_length // (self.world_size * self.tasks_per_image)
+        return runs * self.tasks_per_image
 
     def global_stream(self) -> list[int]:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
@@ -88,17 +109,29 @@ class MixedTaskSampler(Sampler[int]):
                 choices += torch.multinomial(weights, count, replacement=True, generator=generator).tolist()
         cursors = [0] * len(self.tasks)
         orders: list[Sequence[int]] = [[] for _ in self.tasks]
-        stream = []
-        for task in choices:
+        stream: list[int] = []
+        run_image = None
+        for position, task in enumerate(choices):
+            if position % self.tasks_per_image:  # inside a run: another question about the run's image
+                run = stream[position - position % self.tasks_per_image :]
+                same = [i for i in self.by_image[task].get(run_image, ()) if self.offsets[task] + i not in run]
+                if same:
+                    pick = int(torch.randint(len(same), (1,), generator=generator))
+                    stream.append(self.offsets[task] + same[pick])
+                    continue
             if cursors[task] % self.sizes[task] == 0:
                 orders[task] = torch.randperm(self.sizes[task], generator=generator).tolist()
             stream.append(self.offsets[task] + orders[task][cursors[task] % self.sizes[task]])
             cursors[task] += 1
+            if self.tasks_per_image > 1 and position % self.tasks_per_image == 0:
+                run_image = self.image_keys[stream[-1]]
         return stream
 
     def __iter__(self) -> Iterator[int]:
-        per_rank = self.epoch_length // self.world_size
-        yield from self.global_stream()[self.rank : per_rank * self.world_size : self.world_size]
+        stream, run = self.global_stream(), self.tasks_per_image
+        # Deal whole runs round-robin (one sample per run when tasks_per_image=1).
+        runs = [stream[start : start + run] for start in range(self.rank * run, len(stream), self.world_size * run)]
+        yield from [index for indices in runs for index in indices][: len(self)]
 
 
 class ResumableBatchSampler:
@@ -106,7 +139,8 @@ class ResumableBatchSampler:
 
     With `lengths` (a cost per dataset index, e.g. target characters) and `bucket_batches=k`, every window of
     k batches is sorted by length before it is cut into batches, and the batches of the window are shuffled:
-    padding waste drops while the task mix within a window is unchanged.
+    padding waste drops while the task mix within a window is unchanged. The sampler's same-image runs
+    (`tasks_per_image`) move as one, sorted by their longest sample; `batch_size` must be a multiple of the run.
     """
 
     def __init__(
@@ -118,6 +152,11 @@ class ResumableBatchSampler:
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if batch_size % sampler.tasks_per_image:
+            raise ValueError(
+                f"batch_size {batch_size} must be a multiple of tasks_per_image {sampler.tasks_per_image}, so that "
+                "the samples of one image land in one batch"
+            )
         self.sampler = sampler
         self.batch_size = batch_size
         self.lengths = lengths
@@ -143,13 +182,18 @@ class ResumableBatchSampler:
         if not (self.lengths and self.bucket_batches > 1):
             return batches
         generator = torch.Generator().manual_seed(self.sampler.seed * 7919 + self.sampler.epoch)
-        window = self.bucket_batches
+        window, run = self.bucket_batches, self.sampler.tasks_per_image
         planned = []
         for start in range(0, len(batches), window):
-            chunk = sorted((i for batch in batches[start : start + window] for i in batch), key=self.lengths.__getitem__)
+            chunk = [i for batch in batches[start : start + window] for i in batch]
+            runs = sorted((chunk[i : i + run] for i in range(0, len(chunk), run)), key=self._longest)
+            chunk = [i for indices in runs for i in indices]
             bucketed = [chunk[i : i + size] for i in range(0, len(chunk), size)]
             planned.extend(bucketed[j] for j in torch.randperm(len(bucketed), generator=generator).tolist())
         return planned
+
+    def _longest(self, indices: list[int]) -> int:
+        return max(self.lengths[i] for i in indices)
 
     def __iter__(self) -> Iterator[list[int]]:
         skip = self._skip()

@@ -149,14 +149,16 @@ class TaskStream(StreamingDataset):
     def __getitem__(self, index: ChunkedIndex | int) -> dict[str, Any]:
         item = super().__getitem__(index)
         position = index.index if isinstance(index, ChunkedIndex) else index
+        image_name = bytes(item["image_name"]).decode()
         try:
-            image = load_image_bytes(item["image"], bytes(item["image_name"]).decode())
+            image = load_image_bytes(item["image"], image_name)
         except BadImageError as error:
             if self.on_bad_sample == "raise":
                 raise
             return {"skipped": str(error), "index": position}
         return {
             "index": position,
+            "image_key": image_name,
             "pixel_values": self.processor.preprocess_image(image),
             "prompt": item["prompt"],
             "target": item["target"],

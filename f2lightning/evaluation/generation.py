@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from f2lightning.evaluation.box_scores import box_scores_from_logprobs
 from f2lightning.images import load_image
 from f2lightning.model import Florence2
-from f2lightning.processor import Florence2Processor
+from f2lightning.processor import Florence2Processor, share_images
 from f2lightning.tasks import LOCATION_TOKENS, get_task
 
 
@@ -78,10 +78,13 @@ class _Batches(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         indices = self.batches[index]
-        pixels = [self.processor.preprocess_image(load_image(self.samples[i].image)) for i in indices]
+        # Questions about one image (REC, grounding, VQA) decode and encode it once.
+        firsts, image_index = share_images([self.samples[i].image for i in indices])
+        pixels = [self.processor.preprocess_image(load_image(self.samples[indices[i]].image)) for i in firsts]
         return {
             "indices": indices,
             "pixel_values": torch.stack(pixels),
+            "image_index": image_index,
             **self.processor.tokenize_prompts([self.prompts[i] for i in indices]),
         }
 
@@ -145,6 +148,7 @@ def _generate_batch(
             batch["pixel_values"].to(device, non_blocking=True),
             batch["input_ids"].to(device),
             batch["attention_mask"].to(device),
+            batch["image_index"].to(device),
             **kwargs,
         )
         if not kwargs.get("return_dict_in_generate"):

@@ -1,7 +1,8 @@
 """Florence-2: DaViT image encoder + projector + BART multi-modal encoder-decoder (paper §3, DESIGN §2).
 
 Image tokens are prepended to the prompt's token embeddings inside `forward` / `generate`, so callers pass only
-prompt tokens. The composition is exact against `transformers.Florence2ForConditionalGeneration` with the same
+prompt tokens. Samples that ask about the same image may share one row of `pixel_values` (`image_index`): the
+image encoder, most of a step's compute, then runs once per image instead of once per sample. The composition is exact against `transformers.Florence2ForConditionalGeneration` with the same
 weights (see tests/test_model_equivalence.py).
 """
 
@@ -62,9 +63,16 @@ class Florence2(nn.Module):
         pixel_values: torch.Tensor,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
+        image_index: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Encoder input `[image tokens, prompt embeddings]` and its mask (all ones over the image part)."""
+        """Encoder input `[image tokens, prompt embeddings]` and its mask (all ones over the image part).
+
+        `image_index[i]` is the row of `pixel_values` that sample `i` shows (default: row `i`). Gathering the
+        encoded rows gives the same loss and gradients as encoding a copy of the image for every sample.
+        """
         image_tokens = self.encode_image(pixel_values)
+        if image_index is not None:
+            image_tokens = image_tokens.index_select(0, image_index)
         prompt_embeds = self.language_model.get_input_embeddings()(input_ids)
         inputs_embeds = torch.cat([image_tokens.to(prompt_embeds.dtype), prompt_embeds], dim=1)
         if attention_mask is None:
@@ -81,12 +89,13 @@ class Florence2(nn.Module):
         decoder_input_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         decoder_attention_mask: torch.Tensor | None = None,
+        image_index: torch.Tensor | None = None,
     ) -> Seq2SeqLMOutput:
         """Logits over the target; with `labels` (padding = -100) also the token cross-entropy (paper eq. 1).
 
         Without `decoder_input_ids`, BART builds them by shifting `labels` right behind the decoder start token.
         """
-        inputs_embeds, attention_mask = self.embed_inputs(pixel_values, input_ids, attention_mask)
+        inputs_embeds, attention_mask = self.embed_inputs(pixel_values, input_ids, attention_mask, image_index)
         return self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
@@ -102,6 +111,7 @@ class Florence2(nn.Module):
         pixel_values: torch.Tensor,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
+        image_index: torch.Tensor | None = None,
         **generate_kwargs: Any,
     ) -> Any:
         """Batched generation (beam search and the rest of `transformers`' `generate` options).
@@ -110,7 +120,7 @@ class Florence2(nn.Module):
         Prompts must be right-padded with `attention_mask` marking the real tokens: BART's learned positions then
         match the unpadded prompt, which makes a batch generate exactly what each sample generates alone.
         """
-        inputs_embeds, attention_mask = self.embed_inputs(pixel_values, input_ids, attention_mask)
+        inputs_embeds, attention_mask = self.embed_inputs(pixel_values, input_ids, attention_mask, image_index)
         return self.language_model.generate(
             inputs_embeds=inputs_embeds, attention_mask=attention_mask, **generate_kwargs
         )

@@ -204,14 +204,23 @@ class Florence2LitModule(L.LightningModule):
         compute a second one over the full logits).
         """
         token_loss = self._compiled_token_loss or self._token_loss
-        return token_loss(batch["pixel_values"], batch["input_ids"], batch["attention_mask"], batch["labels"])
+        return token_loss(
+            batch["pixel_values"], batch["input_ids"], batch["attention_mask"], batch["labels"], batch.get("image_index")
+        )
 
     def _token_loss(
-        self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor,
+        image_index: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         text = self.model.config.text
         decoder_input_ids = shift_tokens_right(labels, text.pad_token_id, text.decoder_start_token_id)
-        logits = self.model(pixel_values, input_ids, attention_mask, decoder_input_ids=decoder_input_ids).logits
+        logits = self.model(
+            pixel_values, input_ids, attention_mask, decoder_input_ids=decoder_input_ids, image_index=image_index
+        ).logits
         token_loss = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none")
         return token_loss.sum() / (labels != -100).sum().clamp(min=1), token_loss
 
@@ -272,7 +281,9 @@ class Florence2LitModule(L.LightningModule):
         kwargs = self.processor.generation_kwargs(task, self.hparams.num_beams)
         if self.hparams.val_max_new_tokens:
             kwargs["max_new_tokens"] = min(kwargs["max_new_tokens"], self.hparams.val_max_new_tokens)
-        generated = self.model.generate(batch["pixel_values"], batch["input_ids"], batch["attention_mask"], **kwargs)
+        generated = self.model.generate(
+            batch["pixel_values"], batch["input_ids"], batch["attention_mask"], batch.get("image_index"), **kwargs
+        )
         sizes = batch["image_size"]
         preds = self.processor.post_process(generated, batch["task"], sizes)
         spec = get_task(task)
