@@ -215,6 +215,7 @@ def synthetic_datamodule(
     bucket_batches: int = 0,
     num_workers: int = 0,
     cache_dir: str | None = None,
+    tasks_per_image: int = 1,
 ):
     """Our datamodule over the synthetic multitask set (all tasks mixed), created once and cached on disk.
 
@@ -233,6 +234,7 @@ def synthetic_datamodule(
         batch_size=batch_size,
         num_workers=num_workers,
         bucket_batches=bucket_batches,
+        tasks_per_image=tasks_per_image,
     )
     datamodule.prepare_data()
     datamodule.setup("fit")

@@ -6,10 +6,13 @@ Two workloads, same weights, same process, interleaved step by step:
 * `stream`: a realistic mixed-task stream from our datamodule (dynamic padding + length bucketing) against the
   reference fed the same samples padded to the dataset's longest prompt / target, as the public fine-tuning
   examples do (`padding="max_length"`). A third column feeds the reference our dynamically padded batches, to
-  separate the model's speed from the padding saved.
+  separate the model's speed from the padding saved. With `--tasks-per-image k` the stream asks k questions
+  about each image in a row (the datamodule's `tasks_per_image`): ours encodes each image of a batch once, the
+  reference gets one copy of the image per sample, as it needs.
 
     python -m benchmarks.train_step --preset tiny
     python -m benchmarks.train_step --preset base --batch-size 2 --steps 3
+    python -m benchmarks.train_step --preset base --batch-size 4 --workload stream --tasks-per-image 2
     python -m benchmarks.train_step --preset base --device cuda --bf16 --batch-size 16
 """
 
@@ -49,6 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--prompt-length", type=int, default=24, help="identical workload: padded prompt tokens")
     parser.add_argument("--target-length", type=int, default=48, help="identical workload: padded target tokens")
     parser.add_argument("--bucket-batches", type=int, default=8, help="stream: length-bucketing window (0 = off)")
+    parser.add_argument("--tasks-per-image", type=int, default=1, help="stream: same-image run length (1 = off)")
     parser.add_argument("--synthetic-images", type=int, default=64)
     parser.add_argument("--vocab-size", type=int, default=None, help="default: the preset's")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -88,7 +92,7 @@ def make_reference_step(reference, device: torch.device, args: argparse.Namespac
     def step(batch: Batch) -> float:
         optimizer.zero_grad(set_to_none=True)
         with autocast(device, args.bf16):
-            loss = reference(**batch["reference"], pixel_values=batch["pixel_values"], labels=batch["labels"]).loss
+            loss = reference(**batch["reference"], labels=batch["labels"]).loss
         loss.backward()
         optimizer.step()
         return loss.item()
@@ -97,10 +101,15 @@ def make_reference_step(reference, device: torch.device, args: argparse.Namespac
 
 
 def with_reference_inputs(batch: Batch, config) -> Batch:
+    """Add the reference's inputs: `<image>` placeholders in the prompt and one image per sample."""
     batch = dict(batch)
-    batch["reference"] = reference_inputs(
-        batch["input_ids"], batch["attention_mask"], config.num_image_tokens, config.image_token_id
-    )
+    pixels = batch["pixel_values"]
+    if "image_index" in batch:
+        pixels = pixels.index_select(0, batch["image_index"])
+    batch["reference"] = {
+        **reference_inputs(batch["input_ids"], batch["attention_mask"], config.num_image_tokens, config.image_token_id),
+        "pixel_values": pixels,
+    }
     return batch
 
 
@@ -160,7 +169,8 @@ def tokens(batch: Batch) -> int:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
     datamodule = synthetic_datamodule(
-        args.image_size, args.batch_size, args.synthetic_images, bucket_batches=args.bucket_batches
+        args.image_size, args.batch_size, args.synthetic_images, bucket_batches=args.bucket_batches,
+        tasks_per_image=args.tasks_per_image,
     )
     module = build_ours(
         args.preset, args.image_size, datamodule.tokenizer, args.vocab_size, args.activation_checkpointing,
@@ -175,7 +185,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "benchmark": "train_step", "preset": args.preset, "image_size": args.image_size,
         "batch_size": args.batch_size, "vocab_size": config.text.vocab_size,
         "activation_checkpointing": args.activation_checkpointing, "channels_last": args.channels_last,
-        "compile": args.compile, **environment(device, args.bf16),
+        "compile": args.compile, "tasks_per_image": args.tasks_per_image, **environment(device, args.bf16),
     }
 
     if args.workload in ("identical", "both"):
@@ -222,12 +232,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if not args.no_reference_dynamic:
             sides.append(Side("reference (our dynamic batches)", lambda p: reference_step(p[0])))
         interleave(sides, list(repeat(pairs, count)), device, args.warmup)
-        samples = sum(b["pixel_values"].shape[0] for b in dynamic[args.warmup :])
+        samples = sum(b["input_ids"].shape[0] for b in dynamic[args.warmup :])
+        images = sum(b["pixel_values"].shape[0] for b in dynamic[args.warmup :])
         positions = [sum(tokens(p[i]) for p in pairs[args.warmup :]) for i in (0, 1, 0)]
         rows = [[s.name, samples / s.total, pos] for s, pos in zip(sides, positions, strict=False)]
         print_table(
             f"train step, mixed-task stream ({args.preset}, {args.image_size}px, batch {args.batch_size}, "
-            f"bucket window {args.bucket_batches}, dataset max prompt {longest_prompt} / target {longest_target})",
+            f"bucket window {args.bucket_batches}, {samples / images:.2f} samples per image, "
+            f"dataset max prompt {longest_prompt} / target {longest_target})",
             ["side", "samples/s", "text positions"], rows,
         )
         speedup = sides[1].total / sides[0].total
@@ -236,6 +248,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "ours_samples_per_s": samples / sides[0].total,
             "reference_max_padding_samples_per_s": samples / sides[1].total,
             "speedup_vs_max_padding": speedup,
+            "samples_per_image": samples / images,
             "longest_prompt": longest_prompt,
             "longest_target": longest_target,
         }
