@@ -1,6 +1,6 @@
 """Data pipeline: samples/s of one datamodule worker (decode, transform, tokenize, collate) vs train consumption.
 
-Runs the datamodule's own `Dataset.__getitem__` + `Collator` in this process (= one DataLoader worker), with a
+Runs the datamodule's own `Dataset.__getitems__` + `Collator` in this process (= one DataLoader worker), with a
 per-stage breakdown, then times our train step on the same batches (interleaved with the pipeline) and
 reports how many train steps one worker can keep fed: `worker samples/s ÷ train samples/s`.
 
@@ -50,8 +50,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         decoded = time.perf_counter()
         [processor.preprocess_image(image) for image in images]
         transformed = time.perf_counter()
-        # The worker's real path, end to end: __getitem__ (decode + transform) then collate.
-        items = [dataset[i] for i in indices]
+        # The worker's real path, end to end: __getitems__ (decode + transform each image once) then collate.
+        items = dataset.__getitems__(indices)
         collate_start = time.perf_counter()
         batch = collate(items)
         collated = time.perf_counter()

@@ -14,6 +14,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from f2lightning.data import dataset as dataset_module
 from f2lightning.data.datamodule import Florence2DataModule
 from f2lightning.data.sampler import MixedTaskSampler, ResumableBatchSampler
 from f2lightning.images import load_image
@@ -141,6 +142,23 @@ def test_tasks_per_image_settings_fail_clearly(tmp_path):
         Florence2DataModule(streaming_dir=str(tmp_path), tokenizer=str(tmp_path), batch_size=4, tasks_per_image=2)
     with pytest.raises(ValueError, match=">= 1"):
         MixedTaskSampler({"a": 3}, tasks_per_image=0)
+
+
+def test_a_batch_reads_each_image_once(synthetic, monkeypatch):
+    dm = helpers.datamodule(synthetic)
+    dm.setup("fit")
+    dataset = dm.train_dataset
+    paths = [sample.image_path for sample in dataset.flat]
+    same = [i for i, path in enumerate(paths) if path == paths[0]][:2]  # two tasks about the first image
+    other = next(i for i, path in enumerate(paths) if path != paths[0])
+    indices = [*same, other]
+    assert len(indices) == 3
+    reads = []
+    monkeypatch.setattr(dataset_module, "load_image", lambda path: reads.append(path) or load_image(path))
+    items = dataset.__getitems__(indices)  # what DataLoader calls for a batch
+    assert sorted(reads) == sorted({paths[i] for i in indices})
+    for item, index in zip(items, indices, strict=True):
+        assert item["index"] == index and torch.equal(item["pixel_values"], dataset[index]["pixel_values"])
 
 
 def test_samples_sharing_an_image_give_the_loss_and_gradients_of_one_copy_each(synthetic):

@@ -34,18 +34,30 @@ class MultitaskDataset(Dataset):
         return len(self.flat)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        return self._item(index, {})
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+        """A batch's samples (DataLoader's batched fetch): an image asked about several times is read once."""
+        pixels: dict[str, torch.Tensor | BadImageError] = {}
+        return [self._item(index, pixels) for index in indices]
+
+    def _item(self, index: int, pixels: dict[str, torch.Tensor | BadImageError]) -> dict[str, Any]:
         sample = self.flat[index]
-        try:
-            image = load_image(sample.image_path)
-        except BadImageError as error:
-            if self.on_bad_sample == "raise":
-                raise
+        if sample.image_path not in pixels:
+            try:
+                pixels[sample.image_path] = self.processor.preprocess_image(load_image(sample.image_path))
+            except BadImageError as error:
+                if self.on_bad_sample == "raise":
+                    raise
+                pixels[sample.image_path] = error
+        image = pixels[sample.image_path]
+        if isinstance(image, BadImageError):
             # Counted by the collator and reported by the training module at the end of the epoch.
-            return {"skipped": str(error), "index": index}
+            return {"skipped": str(image), "index": index}
         return {
             "index": index,
             "image_key": sample.image_path,
-            "pixel_values": self.processor.preprocess_image(image),
+            "pixel_values": image,
             "prompt": sample.prompt,
             "target": sample.target,
             "task": sample.task,
