@@ -266,6 +266,9 @@ def test_length_aware_batches_group_similar_prompts() -> None:
     batches = length_aware_batches([5, 1, 9, 1, 5, 2], batch_size=2)
     assert batches == [[1, 3], [5, 0], [4, 2]]
     assert sorted(i for b in batches for i in b) == list(range(6))
+    # Questions about one image stay together (one encoding per batch); images go by their longest prompt.
+    batches = length_aware_batches([5, 1, 9, 1, 5, 2], batch_size=2, images=["a", "b", "a", "c", "b", "c"])
+    assert batches == [[3, 5], [1, 4], [0, 2]]
 
 
 def test_token_logprobs_are_the_models_teacher_forced_logprobs(loaded, data_root) -> None:

@@ -1,14 +1,16 @@
 """Fast, exact generation for evaluation: length-aware batches, per-task settings, per-box likelihood scores.
 
-Samples of one benchmark share a task, so batches are formed by prompt length alone: sorting by the tokenized
-prompt length keeps padding (and wasted encoder positions) small. Results come back in the input order and are
-the same as one-by-one generation because prompts are right-padded with an attention mask (Florence2.generate).
+Samples of one benchmark share a task, so batches are formed by image and prompt length: the questions about one
+image (RefCOCO has several expressions per image, VQA several questions) stay together so the batch encodes the
+image once, and sorting by the tokenized prompt length keeps padding (and wasted encoder positions) small.
+Results come back in the input order and are the same as one-by-one generation because prompts are right-padded
+with an attention mask (Florence2.generate).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,11 +58,22 @@ class GenerationSettings:
     progress: bool = True
 
 
-def length_aware_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Indices grouped into batches of similar length (stable: equal lengths keep their order)."""
+def length_aware_batches(
+    lengths: Sequence[int], batch_size: int, images: Sequence[Hashable] | None = None
+) -> list[list[int]]:
+    """Indices grouped into batches of similar length (stable: equal lengths keep their order).
+
+    With `images` (one key per index), an image's indices stay next to each other, ordered by length, and the
+    images are ordered by their longest prompt: the image tokens dwarf any prompt, so encoding an image once
+    saves more than the few padded prompt positions a mixed-length batch costs.
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    groups: dict[Hashable, list[int]] = {}
+    for index, key in enumerate(images if images is not None else range(len(lengths))):
+        groups.setdefault(key, []).append(index)
+    ordered = sorted(groups.values(), key=lambda group: max(lengths[i] for i in group))
+    order = [i for group in ordered for i in sorted(group, key=lengths.__getitem__)]
     return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
 
@@ -107,7 +120,7 @@ def generate(
     spec = get_task(task)
     prompts = [spec.build_prompt(text_input=s.text_input, image_size=s.image_size) for s in samples]
     lengths = [len(ids) for ids in processor.tokenizer(prompts)["input_ids"]]
-    batches = length_aware_batches(lengths, settings.batch_size)
+    batches = length_aware_batches(lengths, settings.batch_size, [s.image for s in samples])
     kwargs = processor.generation_kwargs(task, settings.num_beams)
     if settings.max_new_tokens is not None:
         kwargs["max_new_tokens"] = min(kwargs["max_new_tokens"], settings.max_new_tokens)
