@@ -359,8 +359,8 @@ def _lr(trainer: L.Trainer) -> float:
 def test_exact_resume_mid_epoch(synthetic, tmp_path, recwarn):
     steps = 8
 
-    def data():  # the captions-first warm-up runs past the resume point
-        return helpers.datamodule(synthetic, warmup_task_weights={"<CAPTION>": 1}, warmup_task_steps=6)
+    def data():  # the captions-first warm-up runs past the resume point; same-image runs of two
+        return helpers.datamodule(synthetic, warmup_task_weights={"<CAPTION>": 1}, warmup_task_steps=6, tasks_per_image=2)
 
     L.seed_everything(0)
     straight_lit, straight_seen = helpers.module(), RecordIndices()
