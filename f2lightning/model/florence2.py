@@ -2,8 +2,9 @@
 
 Image tokens are prepended to the prompt's token embeddings inside `forward` / `generate`, so callers pass only
 prompt tokens. Samples that ask about the same image may share one row of `pixel_values` (`image_index`): the
-image encoder, most of a step's compute, then runs once per image instead of once per sample. The composition is exact against `transformers.Florence2ForConditionalGeneration` with the same
-weights (see tests/test_model_equivalence.py).
+image encoder, most of a step's compute, then runs once per image instead of once per sample. The composition
+is exact against `transformers.Florence2ForConditionalGeneration` with the same weights (see
+tests/test_model_equivalence.py).
 """
 
 from __future__ import annotations
