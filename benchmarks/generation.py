@@ -7,10 +7,15 @@ kwargs, `max_new_tokens` capped so random weights do not make the run long):
 * reference, batched (`Florence2ForConditionalGeneration.generate` on the same batch);
 * reference one image at a time, as the public inference examples do.
 
-The outputs are checked to be token-identical (`same_output` in the JSON).
+The outputs are checked to be token-identical (`same_output` in the JSON). With `--questions-per-image k` each
+image is asked k questions (for REC / VQA the synthetic records' own expressions / questions), as RefCOCO and
+VQA evaluation do: ours encodes each image of the batch once (`image_index`), the reference gets a copy per
+question. Rates then count questions (the JSON keeps the `images_per_s` names).
 
     python -m benchmarks.generation --preset tiny
     python -m benchmarks.generation --preset base --batch-size 4 --max-new-tokens 16
+    python -m benchmarks.generation --preset tiny --batch-size 16 --tasks "<REFERRING_EXPRESSION_COMPREHENSION>" \
+        --questions-per-image 4 --max-new-tokens 8
 """
 
 from __future__ import annotations
@@ -32,7 +37,12 @@ from benchmarks.common import (
     reference_inputs,
     synthetic_datamodule,
 )
+from f2lightning.data.expand import task_annotations
+from f2lightning.data.records import read_records
+from f2lightning.data.schema import Record
 from f2lightning.images import load_image
+from f2lightning.processor import share_images
+from f2lightning.tasks import get_task
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -44,6 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num-beams", type=int, default=3)
     parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--tasks", nargs="+", default=["<OD>", "<CAPTION>"])
+    parser.add_argument("--questions-per-image", type=int, default=1, help="questions asked about each image")
     parser.add_argument("--vocab-size", type=int, default=None, help="default: the preset's")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--bf16", action="store_true")
@@ -51,11 +62,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def bench_task(task: str, model, reference, processor, images: list, args: argparse.Namespace,
-               device: torch.device) -> dict[str, Any]:
+def questions(task: str, records: list[Record], count: int, per_image: int) -> list[tuple[str, str | None]]:
+    """`count` (image, text input) pairs, `per_image` in a row about each image. Tasks with a text input use the
+    record's own inputs (REC expressions, VQA questions), taking only records with enough of them."""
+    takes_input = get_task(task).takes_input
+    pairs: list[tuple[str, str | None]] = []
+    for record in records:
+        inputs = [a.text_input for a in task_annotations(record, [task])] if takes_input else [None] * per_image
+        if len(inputs) >= per_image:
+            pairs += [(record.image, text) for text in inputs[:per_image]]
+        if len(pairs) >= count:
+            return pairs[:count]
+    raise ValueError(f"the synthetic records do not give {count} {task} questions, {per_image} per image")
+
+
+def bench_task(task: str, model, reference, processor, pairs: list[tuple[str, str | None]],
+               args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     config = model.config
-    batch = processor(images, [task] * len(images))
-    pixels = batch["pixel_values"].to(device)
+    images = [load_image(path) for path, _ in pairs]
+    batch = processor(images, [task] * len(images), text_inputs=[text for _, text in pairs])
+    firsts, image_index = share_images([path for path, _ in pairs])
+    copies = batch["pixel_values"].to(device)  # one per question: what the reference needs
+    pixels, image_index = copies[firsts], image_index.to(device)
     input_ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
     kwargs = processor.generation_kwargs(task, args.num_beams)
     kwargs["max_new_tokens"] = min(kwargs["max_new_tokens"], args.max_new_tokens)
@@ -64,11 +92,11 @@ def bench_task(task: str, model, reference, processor, images: list, args: argpa
 
     def ours(_: object) -> None:
         with torch.inference_mode(), autocast(device, args.bf16):
-            outputs["ours"] = model.generate(pixels, input_ids, mask, **kwargs)
+            outputs["ours"] = model.generate(pixels, input_ids, mask, image_index, **kwargs)
 
     def reference_batched(_: object) -> None:
         with torch.inference_mode(), autocast(device, args.bf16):
-            outputs["reference"] = reference.generate(**ref_inputs, pixel_values=pixels, **kwargs)
+            outputs["reference"] = reference.generate(**ref_inputs, pixel_values=copies, **kwargs)
 
     def reference_one_by_one(_: object) -> None:
         # Public examples: one image, unpadded prompt, one generate call each.
@@ -77,7 +105,7 @@ def bench_task(task: str, model, reference, processor, images: list, args: argpa
                 length = int(mask[i].sum())
                 single = reference_inputs(input_ids[i : i + 1, :length], mask[i : i + 1, :length],
                                           config.num_image_tokens, config.image_token_id)
-                reference.generate(**single, pixel_values=pixels[i : i + 1], **kwargs)
+                reference.generate(**single, pixel_values=copies[i : i + 1], **kwargs)
 
     sides = [Side("ours, batched", ours), Side("reference, batched", reference_batched),
              Side("reference, one by one", reference_one_by_one)]
@@ -87,8 +115,9 @@ def bench_task(task: str, model, reference, processor, images: list, args: argpa
             for s in sides]
     print_table(
         f"{task} beam-{args.num_beams} generation ({args.preset}, {args.image_size}px, batch {len(images)}, "
+        f"{len(images) / len(firsts):.1f} questions per image, "
         f"<= {kwargs['max_new_tokens']} new tokens, same output: {same})",
-        ["side", "images/s", "ours is faster by"], rows,
+        ["side", "images/s" if args.questions_per_image == 1 else "questions/s", "ours is faster by"], rows,
     )
     return {
         "ours_images_per_s": len(images) / sides[0].median,
@@ -108,16 +137,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.compile:
         model.compile_image_encoder()
     processor = datamodule.processor
-    records = datamodule.train_dataset.flat[: args.batch_size]
-    images = [load_image(sample.image_path) for sample in records]
+    records = [record for file in datamodule.train_files for record in read_records(file)]
     result: dict[str, Any] = {
         "benchmark": "generation", "preset": args.preset, "image_size": args.image_size,
         "batch_size": args.batch_size, "num_beams": args.num_beams, "max_new_tokens": args.max_new_tokens,
-        "compile": args.compile,
+        "compile": args.compile, "questions_per_image": args.questions_per_image,
         **environment(device, args.bf16), "tasks": {},
     }
     for task in args.tasks:
-        result["tasks"][task] = bench_task(task, model, reference, processor, images, args, device)
+        pairs = questions(task, records, args.batch_size, args.questions_per_image)
+        result["tasks"][task] = bench_task(task, model, reference, processor, pairs, args, device)
     print_json(result)
     return result
 

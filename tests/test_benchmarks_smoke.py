@@ -15,7 +15,7 @@ SMALL = ["--preset", "tiny", "--image-size", "64", "--batch-size", "2", "--devic
 SCRIPTS = {
     "train_step": [*SMALL, "--steps", "1", "--warmup", "0", "--prompt-length", "6", "--target-length", "6",
                    "--tasks-per-image", "2"],
-    "generation": [*SMALL, "--repeats", "1", "--max-new-tokens", "2", "--tasks", "<CAPTION>"],
+    "generation": [*SMALL, "--repeats", "1", "--max-new-tokens", "2", "--tasks", "<CAPTION>", "--questions-per-image", "2"],
     "data_pipeline": [*SMALL, "--batches", "1"],
     "efficiency": [*SMALL, "--steps", "1", "--warmup", "0", "--matmul-size", "64"],
 }
