@@ -109,11 +109,9 @@ def test_same_image_runs_keep_the_task_mix_and_share_images_where_they_can():
     pairs = [stream[i : i + 2] for i in range(0, 400, 2)]
     assert all(first != second for first, second in pairs)  # never the same sample twice in a run
     shared = [images[first] == images[second] for first, second in pairs]
-    # A run shares its image unless the second task has no sample of it (b only covers images 0..9).
-    # b's images are images[30:]; a has one sample per image, so a second a sample needs a b sample first.
-    possible = [
-        (images[first] in images[30:]) if second >= 30 else first >= 30 for first, second in pairs
-    ]
+    # A run shares its image when the second task has another sample of it: b covers images 0..9 only, and a
+    # has one sample per image, so a second a-draw shares only after a b-draw.
+    possible = [(images[first] in images[30:]) if second >= 30 else first >= 30 for first, second in pairs]
     assert shared == possible and sum(shared) > 40
     # Each rank gets whole runs; the ranks cover the stream once.
     ranks = [list(MixedTaskSampler(sizes, weights, epoch_length=400, seed=2, rank=r, world_size=2,
