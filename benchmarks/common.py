@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from transformers import Florence2ForConditionalGeneration
 
+from f2lightning.allocator import keep_freed_cpu_memory
 from f2lightning.model import Florence2, Florence2Config
 
 
@@ -201,7 +202,12 @@ def print_json(record: dict[str, Any]) -> None:
 
 
 def environment(device: torch.device, bf16: bool) -> dict[str, Any]:
-    env = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(), "bf16": bf16}
+    """Set the process up as our entry points do (`keep_freed_cpu_memory`) and describe it for the JSON line.
+
+    Both contestants share the process, so both get the same allocator: the ratios compare the models' work.
+    """
+    env = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(), "bf16": bf16,
+           "freed_cpu_memory_kept": keep_freed_cpu_memory()}
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
     return env

@@ -33,6 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
+    env = environment(device, False)  # first: it sets the process up as our entry points do
     datamodule = synthetic_datamodule(args.image_size, args.batch_size, bucket_batches=8)
     dataset, processor = datamodule.train_dataset, datamodule.processor
     collate = Collator(processor)
@@ -79,7 +80,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print(f"one worker feeds {worker_rate / train_rate:.1f}x what one train step consumes")
     result = {
         "benchmark": "data_pipeline", "preset": args.preset, "image_size": args.image_size,
-        "batch_size": args.batch_size, **environment(device, False),
+        "batch_size": args.batch_size, **env,
         "worker_samples_per_s": worker_rate, "train_samples_per_s": train_rate,
         "worker_over_train": worker_rate / train_rate,
         "stage_ms_per_sample": {name: 1e3 * seconds / samples for name, seconds in stages.items()},

@@ -131,6 +131,7 @@ def bench_task(task: str, model, reference, processor, pairs: list[tuple[str, st
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
+    env = environment(device, args.bf16)  # first: it sets the process up as our entry points do
     datamodule = synthetic_datamodule(args.image_size, args.batch_size)
     model = build_ours(args.preset, args.image_size, datamodule.tokenizer, args.vocab_size).model.to(device).eval()
     reference = reference_from(model, device).eval()
@@ -142,7 +143,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "benchmark": "generation", "preset": args.preset, "image_size": args.image_size,
         "batch_size": args.batch_size, "num_beams": args.num_beams, "max_new_tokens": args.max_new_tokens,
         "compile": args.compile, "questions_per_image": args.questions_per_image,
-        **environment(device, args.bf16), "tasks": {},
+        **env, "tasks": {},
     }
     for task in args.tasks:
         pairs = questions(task, records, args.batch_size, args.questions_per_image)

@@ -168,6 +168,7 @@ def tokens(batch: Batch) -> int:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
+    env = environment(device, args.bf16)  # first: it sets the process up as our entry points do
     datamodule = synthetic_datamodule(
         args.image_size, args.batch_size, args.synthetic_images, bucket_batches=args.bucket_batches,
         tasks_per_image=args.tasks_per_image,
@@ -185,7 +186,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "benchmark": "train_step", "preset": args.preset, "image_size": args.image_size,
         "batch_size": args.batch_size, "vocab_size": config.text.vocab_size,
         "activation_checkpointing": args.activation_checkpointing, "channels_last": args.channels_last,
-        "compile": args.compile, "tasks_per_image": args.tasks_per_image, **environment(device, args.bf16),
+        "compile": args.compile, "tasks_per_image": args.tasks_per_image, **env,
     }
 
     if args.workload in ("identical", "both"):

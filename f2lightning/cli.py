@@ -10,6 +10,8 @@ import importlib
 import logging
 import sys
 
+from f2lightning.allocator import keep_freed_cpu_memory
+
 # Areas that add subcommands; optional ones (downstream needs the MMDetection stack only when used).
 COMMAND_MODULES = ["f2lightning.data.commands", "f2lightning.evaluation.commands", "downstream.commands"]
 LIGHTNING_SUBCOMMANDS = {"fit", "validate", "test", "predict"}
@@ -53,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         lightning_main(argv)
         return 0
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    keep_freed_cpu_memory()
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
 

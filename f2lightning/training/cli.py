@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from f2lightning.allocator import keep_freed_cpu_memory
 from f2lightning.data.datamodule import Florence2DataModule
 from f2lightning.training.checkpointing import resume_path, use_atomic_checkpoint_io
 from f2lightning.training.module import Florence2LitModule
@@ -29,6 +30,7 @@ class Florence2CLI(LightningCLI):
 
 
 def main(args: list[str] | None = None, run: bool = True) -> Florence2CLI:
+    keep_freed_cpu_memory()
     return Florence2CLI(
         Florence2LitModule,
         Florence2DataModule,
