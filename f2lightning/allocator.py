@@ -8,7 +8,7 @@ allocator reuses device memory); this module gives the CPU the same reuse by rai
 thresholds, the no-install equivalent of the jemalloc / tcmalloc advice in PyTorch's CPU tuning guide.
 
 Our entry points (`train.py`, `f2lightning ...`, the demo, the benchmarks) call `keep_freed_cpu_memory()` once.
-`F2LIGHTNING_KEEP_FREED_MEMORY=0` turns it off; malloc settings of your own (`GLIBC_TUNABLES` with
+`F2L_KEEP_FREED_MEMORY=0` turns it off; malloc settings of your own (`GLIBC_TUNABLES` with
 `glibc.malloc.*`, `MALLOC_MMAP_THRESHOLD_` / `MALLOC_TRIM_THRESHOLD_`) are left alone. The cost: up to
 `limit_bytes` of freed memory stays resident (like the CUDA caching allocator's reserved memory).
 """
@@ -22,7 +22,7 @@ import platform
 
 logger = logging.getLogger(__name__)
 
-DISABLE_VARIABLE = "F2LIGHTNING_KEEP_FREED_MEMORY"
+DISABLE_VARIABLE = "F2L_KEEP_FREED_MEMORY"
 # mallopt's parameter numbers (malloc.h) and its largest value (an int).
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _INT_MAX = 2**31 - 1
@@ -32,7 +32,7 @@ def keep_freed_cpu_memory(limit_bytes: int = _INT_MAX) -> bool:
     """Make glibc keep and reuse freed blocks up to `limit_bytes`; True if the setting is now in force.
 
     Idempotent and process-wide; DataLoader workers forked afterwards inherit it. Returns False without changing
-    anything off glibc, when switched off with `F2LIGHTNING_KEEP_FREED_MEMORY=0`, or when the user set malloc
+    anything off glibc, when switched off with `F2L_KEEP_FREED_MEMORY=0`, or when the user set malloc
     thresholds themselves.
     """
     if not 0 < limit_bytes <= _INT_MAX:
