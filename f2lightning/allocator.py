@@ -2,15 +2,16 @@
 
 glibc's malloc serves every block above its mmap threshold (at most 32 MiB, dynamically) with a fresh `mmap` and
 returns it with `munmap` on free. Image-encoder activations are far larger (DaViT at 384 px, batch 16: 170 MiB
-for one qkv projection), so on CPU each forward pass re-faults every page it touches: 147k page faults per DaViT
-forward there, which with the memory kept runs 1.6x faster (0.63 s -> 0.38 s, 2 cores). CUDA does not have this cost (PyTorch's caching
-allocator reuses device memory); this module gives the CPU the same reuse by raising glibc's mmap and trim
-thresholds, the no-install equivalent of the jemalloc / tcmalloc advice in PyTorch's CPU tuning guide.
+for one qkv projection), so on CPU each forward pass re-faults every page it touches: 147k page faults per
+forward of the tiny preset's DaViT there, which runs 1.6x faster with the memory kept (0.63 s -> 0.38 s, 2 cores).
+CUDA does not have this cost (PyTorch's caching allocator reuses device memory); this module gives the CPU the
+same reuse by raising glibc's mmap and trim thresholds, the no-install equivalent of the jemalloc / tcmalloc
+advice in PyTorch's CPU tuning guide.
 
 Our entry points (`train.py`, `f2lightning ...`, the demo, the benchmarks) call `keep_freed_cpu_memory()` once.
-`F2L_KEEP_FREED_MEMORY=0` turns it off; malloc settings of your own (`GLIBC_TUNABLES` with
-`glibc.malloc.*`, `MALLOC_MMAP_THRESHOLD_` / `MALLOC_TRIM_THRESHOLD_`) are left alone. The cost: up to
-`limit_bytes` of freed memory stays resident (like the CUDA caching allocator's reserved memory).
+`F2L_KEEP_FREED_MEMORY=0` turns it off; malloc settings of your own (`GLIBC_TUNABLES` with `glibc.malloc.*`,
+`MALLOC_MMAP_THRESHOLD_` / `MALLOC_TRIM_THRESHOLD_`) are left alone. The cost, as with the CUDA caching
+allocator's reserved memory: the process keeps its peak memory resident after the peak has passed.
 """
 
 from __future__ import annotations
