@@ -208,10 +208,10 @@ class PoisonWeight(L.Callback):
 
 
 class PoisonGradient(L.Callback):
-    """An Inf gradient at one step only; records the weights around that step."""
+    """One non-finite gradient element at one step only; records the weights around that step."""
 
-    def __init__(self, step: int):
-        self.step, self.before, self.after = step, None, None
+    def __init__(self, step: int, value: float):
+        self.step, self.value, self.before, self.after = step, value, None, None
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if trainer.global_step == self.step:
@@ -219,7 +219,7 @@ class PoisonGradient(L.Callback):
 
     def on_after_backward(self, trainer, pl_module):
         if trainer.global_step == self.step:
-            next(p for p in pl_module.model.parameters() if p.grad is not None).grad.view(-1)[0] = float("inf")
+            next(p for p in pl_module.model.parameters() if p.grad is not None).grad.view(-1)[0] = self.value
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if self.before is not None and self.after is None:
@@ -234,8 +234,9 @@ def test_nan_loss_steps_are_skipped_then_training_stops_clearly(synthetic, tmp_p
     assert lit.nonfinite_steps == 3 and lit._nonfinite_in_a_row == 3
 
 
-def test_inf_gradient_step_is_skipped_counted_and_training_goes_on(synthetic, tmp_path):
-    poison = PoisonGradient(step=2)
+@pytest.mark.parametrize("value", [float("inf"), float("nan")])
+def test_nonfinite_gradient_step_is_skipped_counted_and_training_goes_on(synthetic, tmp_path, value):
+    poison = PoisonGradient(step=2, value=value)
     trainer = helpers.trainer(tmp_path, max_steps=4, callbacks=[poison])
     lit = helpers.module()
     trainer.fit(lit, helpers.datamodule(synthetic))
