@@ -415,3 +415,16 @@ def test_ddp_two_processes_match_single_process(synthetic, tmp_path):
         with torch.no_grad():
             losses[name] = float(lit(batch)[0])
     assert losses["ddp"] == pytest.approx(losses["single"], rel=2e-2)
+
+
+@pytest.mark.slow
+def test_a_gradient_non_finite_on_one_rank_only_skips_the_step_on_every_rank(synthetic, tmp_path):
+    # As under FSDP, where each rank holds a different shard of the gradients.
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "tests.helpers.training", "--data", str(synthetic), "--steps", "3",
+                    "--devices", "2", "--batch-size", "2", "--poison-rank", "1", "--out", str(tmp_path / "ddp.pt")],
+                   cwd=ROOT, env=env, check=True, timeout=600)
+    rank0, rank1 = (torch.load(tmp_path / f"ddp.pt.rank{rank}.pt") for rank in (0, 1))
+    assert rank0["nonfinite_steps"] == rank1["nonfinite_steps"] == 1
+    for name, weight in rank0["state"].items():
+        assert torch.equal(weight, rank1["state"][name]), f"{name}: the ranks' replicas diverged"

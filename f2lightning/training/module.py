@@ -242,9 +242,11 @@ class Florence2LitModule(L.LightningModule):
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         # One fused norm over all gradients is non-finite iff some gradient is (or is so large that its square
         # overflows); a per-tensor isfinite().all() costs two kernels per parameter.
-        if grads and not torch.isfinite(torch.nn.utils.get_total_norm(grads)):
-            # Gradients are already all-reduced, so every rank takes the same decision. A parameter whose
-            # grad is None is skipped entirely by AdamW: no moment update, no weight decay.
+        norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=self.device)
+        # Ranks decide together: under FSDP each holds a different shard of the gradients, and one rank
+        # skipping alone would leave the model half updated (or stop that rank only).
+        if not self._all_ranks_finite(norm):
+            # A parameter whose grad is None is skipped entirely by AdamW: no moment update, no weight decay.
             for group in optimizer.param_groups:
                 for p in group["params"]:
                     p.grad = None

@@ -52,6 +52,8 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--poison-rank", type=int, default=None,
+                        help="make one gradient Inf on this rank only, at step 1, after the all-reduce")
     args = parser.parse_args()
     L.seed_everything(0)
     dm = datamodule(args.data, batch_size=args.batch_size)
@@ -64,10 +66,20 @@ def main() -> None:
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             seen.extend(batch["index"])
 
+    class PoisonGradientOnRank(L.Callback):
+        # Callbacks' on_before_optimizer_step runs before the module's, which decides whether to skip the step.
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            if trainer.global_rank == args.poison_rank and trainer.global_step == 1:
+                next(p for p in pl_module.model.parameters() if p.grad is not None).grad.view(-1)[0] = float("inf")
+
     fit.callbacks.append(RecordIndices())
+    if args.poison_rank is not None:
+        fit.callbacks.append(PoisonGradientOnRank())
     fit.fit(lit, dm)
     rank = fit.global_rank
     Path(f"{args.out}.rank{rank}.json").write_text(json.dumps(seen))
+    if args.poison_rank is not None:
+        torch.save({"state": lit.model.state_dict(), "nonfinite_steps": lit.nonfinite_steps}, f"{args.out}.rank{rank}.pt")
     if rank == 0:
         torch.save(lit.model.state_dict(), args.out)
 
