@@ -252,8 +252,8 @@ class Florence2LitModule(L.LightningModule):
                     p.grad = None
             self._skip_nonfinite("gradient")
 
-    def _all_ranks_finite(self, loss: torch.Tensor) -> bool:
-        finite = torch.isfinite(loss.detach()).float()
+    def _all_ranks_finite(self, value: torch.Tensor) -> bool:
+        finite = torch.isfinite(value.detach()).float()
         if self.trainer.world_size > 1:
             finite = self.all_gather(finite).min()
         return bool(finite)
