@@ -386,14 +386,18 @@ def test_exact_resume_mid_epoch(synthetic, tmp_path, recwarn):
 
 
 # ---------------------------------------------------------------------------- distributed
+def run_training_script(synthetic, *args: str) -> None:
+    """`tests.helpers.training` in its own process(es), one thread per process (DDP ranks share the cores)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "tests.helpers.training", "--data", str(synthetic), *args],
+                   cwd=ROOT, env=env, check=True, timeout=600)
+
+
 @pytest.mark.slow
 def test_ddp_two_processes_match_single_process(synthetic, tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    script = [sys.executable, "-m", "tests.helpers.training", "--data", str(synthetic), "--steps", "4"]
-    subprocess.run([*script, "--devices", "2", "--batch-size", "2", "--out", str(tmp_path / "ddp.pt")],
-                   cwd=ROOT, env=env, check=True, timeout=600)
-    subprocess.run([*script, "--devices", "1", "--batch-size", "4", "--out", str(tmp_path / "single.pt")],
-                   cwd=ROOT, env=env, check=True, timeout=600)
+    run_training_script(synthetic, "--steps", "4", "--devices", "2", "--batch-size", "2", "--out", str(tmp_path / "ddp.pt"))
+    run_training_script(synthetic, "--steps", "4", "--devices", "1", "--batch-size", "4",
+                        "--out", str(tmp_path / "single.pt"))
     rank0 = json.loads((tmp_path / "ddp.pt.rank0.json").read_text())
     rank1 = json.loads((tmp_path / "ddp.pt.rank1.json").read_text())
     single = json.loads((tmp_path / "single.pt.rank0.json").read_text())
@@ -420,10 +424,8 @@ def test_ddp_two_processes_match_single_process(synthetic, tmp_path):
 @pytest.mark.slow
 def test_a_gradient_non_finite_on_one_rank_only_skips_the_step_on_every_rank(synthetic, tmp_path):
     # As under FSDP, where each rank holds a different shard of the gradients.
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "tests.helpers.training", "--data", str(synthetic), "--steps", "3",
-                    "--devices", "2", "--batch-size", "2", "--poison-rank", "1", "--out", str(tmp_path / "ddp.pt")],
-                   cwd=ROOT, env=env, check=True, timeout=600)
+    run_training_script(synthetic, "--steps", "3", "--devices", "2", "--batch-size", "2", "--poison-rank", "1",
+                        "--out", str(tmp_path / "ddp.pt"))
     rank0, rank1 = (torch.load(tmp_path / f"ddp.pt.rank{rank}.pt") for rank in (0, 1))
     assert rank0["nonfinite_steps"] == rank1["nonfinite_steps"] == 1
     for name, weight in rank0["state"].items():
