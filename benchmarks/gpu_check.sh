@@ -3,10 +3,12 @@
 # Prints each benchmark's table and a `BENCHMARK_JSON {...}` line: samples/s ours vs transformers, peak
 # memory (torch.cuda.max_memory_allocated), and MFU against the H200 bf16 dense spec (989 TFLOP/s) and a
 # measured 8192^2 bf16 matmul.   Usage: bash benchmarks/gpu_check.sh [python]
+# On an offline GPU machine whose image has PyTorch but not all of our requirements, carry the wheels that
+# scripts/download_wheels.sh fetches and put them first on PYTHONPATH (the command is in that script's header).
 set -u
 cd "$(dirname "$0")/.."
 PY="${1:-.venv/bin/python}"
-[ -x "$PY" ] || PY=python
+command -v "$PY" >/dev/null || PY=python3
 "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name())" || exit 1
 status=0
 # Efficiency first: it is the number the check is for. Each step is time-boxed so one hang cannot eat the budget.
