@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# GPU check (< 5 minutes, no downloads, synthetic inputs): base preset train step in bf16 autocast on CUDA.
+# GPU check (no downloads, synthetic inputs): base preset train step in bf16 autocast on CUDA (< 5 minutes),
+# then batched generation (< 3.5 minutes more).
 # Prints each benchmark's table and a `BENCHMARK_JSON {...}` line: samples/s ours vs transformers, peak
 # memory (torch.cuda.max_memory_allocated), and MFU against the H200 bf16 dense spec (989 TFLOP/s) and a
 # measured 8192^2 bf16 matmul.   Usage: bash benchmarks/gpu_check.sh [python]
@@ -19,4 +20,9 @@ timeout 130 "$PY" -m benchmarks.train_step --preset base --device cuda --bf16 --
 # The same stream with two tasks per image: what sharing the image encoding gives on a GPU.
 timeout 60 "$PY" -m benchmarks.train_step --preset base --device cuda --bf16 --batch-size 32 --steps 10 \
     --warmup 3 --synthetic-images 256 --workload stream --tasks-per-image 2 --no-reference-dynamic || status=1
+# After the 5-minute train-step check: batched beam-3 generation, where a CPU cannot tell what kernel fusion and
+# launch overhead change on a GPU. Eager first, then the compiled image encoder (its compile time is not timed).
+timeout 90 "$PY" -m benchmarks.generation --preset base --device cuda --bf16 --batch-size 16 --repeats 3 || status=1
+timeout 120 "$PY" -m benchmarks.generation --preset base --device cuda --bf16 --batch-size 16 --repeats 3 \
+    --compile || status=1
 exit $status
