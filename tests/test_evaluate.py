@@ -162,6 +162,23 @@ def data_root(tmp_path_factory) -> Path:
         {"image": "VizWiz_val_00000000.jpg", "question": "What is this?", "answerable": 1, "answer_type": "other",
          "answers": [{"answer": "a can", "answer_confidence": "yes"}] * 10},
     ])  # fmt: skip
+    # Test splits with private answers (configs/eval/server): questions only, as the servers hand them out.
+    _image(root, "coco/test2015/COCO_test2015_000000000077.jpg")
+    _image(root, "coco/test2015/COCO_test2015_000000000078.jpg")
+    _json(root, "vqav2/v2_OpenEnded_mscoco_test-dev2015_questions.json", {"data_subtype": "test-dev2015", "questions": [
+        {"image_id": 78, "question": "Is it raining?", "question_id": 780},
+        {"image_id": 77, "question": "What color is the car?", "question_id": 770},
+        {"image_id": 78, "question": "How many people?", "question_id": 781},
+    ]})  # fmt: skip
+    _image(root, "textvqa/test_images/tt1.jpg")
+    _json(root, "textvqa/TextVQA_0.5.1_test.json", {"data": [
+        {"question": "what brand?", "image_id": "tt1", "image_width": 64, "image_height": 48, "question_id": 5},
+    ]})  # fmt: skip
+    _image(root, "vizwiz/test/VizWiz_test_00000000.jpg")
+    _image(root, "vizwiz/test/VizWiz_test_00000001.jpg")
+    _json(root, "vizwiz/Annotations/test.json", [
+        {"image": f"VizWiz_test_0000000{i}.jpg", "question": "What is this?"} for i in (1, 0)
+    ])  # fmt: skip
     return root
 
 
@@ -241,6 +258,61 @@ def test_lightning_checkpoint_with_tokenizer_option(checkpoint, data_root, tmp_p
         overrides={"max_new_tokens": 4, "num_workers": 0, "progress": False},
     )  # fmt: skip
     assert result.splits[0].num_samples == 2
+
+
+# ------------------------------------------------------------------------------------------- private answers
+SERVER_CONFIGS = sorted((CONFIGS / "server").glob("*.yaml"))
+
+
+def test_server_configs_write_one_answer_per_question_in_the_servers_format(checkpoint, data_root, tmp_path) -> None:
+    from f2lightning.evaluation.report import to_markdown
+    from f2lightning.evaluation.runner import evaluate
+
+    assert {load_config(p).benchmark.name for p in SERVER_CONFIGS} == {"vqav2", "textvqa", "vizwiz"}
+    out = tmp_path / "out"
+    results = evaluate(
+        SERVER_CONFIGS, checkpoint, data_root=data_root, device="cpu", image_size=64, out_dir=out,
+        overrides={"max_new_tokens": 4, "num_workers": 0, "progress": False, "batch_size": 2},
+    )  # fmt: skip
+    expected_keys = {
+        "vqav2": [("question_id", 780), ("question_id", 770), ("question_id", 781)],  # the questions file's order
+        "textvqa": [("question_id", 5)],
+        "vizwiz": [("image", "VizWiz_test_00000001.jpg"), ("image", "VizWiz_test_00000000.jpg")],
+    }
+    for result in results:
+        (split,) = result.splits
+        assert split.score is None and split.column == "test-dev"
+        answers = json.loads(Path(split.answers_file).read_text())
+        assert Path(split.answers_file) == out / "answers" / f"{result.benchmark.name}_test-dev.json"
+        assert [(k, item[k]) for item in answers for k in item if k != "answer"] == expected_keys[result.benchmark.name]
+        predicted = [json.loads(line)["prediction"] for line in
+                     (out / "predictions" / f"{result.benchmark.name}_test-dev.jsonl").read_text().splitlines()]
+        assert [item["answer"] for item in answers] == predicted and all(isinstance(a, str) for a in predicted)
+    markdown = to_markdown(results)
+    assert "answers/vqav2_test-dev.json (to the server)" in markdown
+    report = json.loads((out / "results.json").read_text())
+    assert [s["score"] for b in report["benchmarks"] for s in b["splits"]] == [None, None, None]
+
+
+def test_private_answers_need_an_output_folder_before_the_model_loads(data_root) -> None:
+    from f2lightning.evaluation.runner import evaluate
+
+    with pytest.raises(ValueError, match="answers are private; give an output folder"):
+        evaluate(SERVER_CONFIGS[:1], "no/such/checkpoint", data_root=data_root, device="cpu")
+
+
+def test_a_question_without_a_readable_image_is_an_error_naming_it(tmp_path) -> None:
+    config = load_config(CONFIGS / "server" / "vizwiz_test.yaml")
+    _json(tmp_path, "vizwiz/Annotations/test.json", [{"image": "VizWiz_test_00000009.jpg", "question": "What?"}])
+    with pytest.raises(ValueError, match=r"1 of 1 questions show images that cannot be read \(first: .*VizWiz_test_00000009"):
+        load_samples(config, "test", tmp_path)
+
+
+def test_question_formats_belong_to_vqa_benchmarks(tmp_path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("benchmark: refcoco\ndata: {format: vqav2-questions, questions: q.json}\nsplits: [val]\n")
+    with pytest.raises(ValueError, match="holds VQA questions, not refcoco"):
+        load_config(config)
 
 
 # ------------------------------------------------------------------------------------------- generation

@@ -219,7 +219,10 @@ def _paper(columns: Sequence[str], **rows: Sequence[float | None]) -> dict[str, 
 
 
 _REF = ("val", "test-A", "test-B")
-_VQA_NOTE = "test-dev answers are private (EvalAI server); the configs score the public val split instead."
+_VQA_NOTE = (
+    "test-dev answers are private (EvalAI server); the configs score the public val split instead, and "
+    "configs/eval/server/ writes the answers file for the server."
+)
 
 BENCHMARKS: dict[str, Benchmark] = {
     b.name: b

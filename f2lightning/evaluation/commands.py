@@ -28,7 +28,10 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--limit", type=int, default=None, help="score only the first N samples of each split")
     parser.add_argument("--compile", action="store_true", help="torch.compile the image encoder (pays off on long runs)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.add_argument("-o", "--output", default=None, help="folder for results.md, results.json, predictions/")
+    parser.add_argument(
+        "-o", "--output", default=None,
+        help="folder for results.md, results.json, predictions/ and answers/ (splits with private answers)",
+    )
     parser.set_defaults(func=run_evaluate)
 
 
@@ -65,3 +68,5 @@ def run_evaluate(args: argparse.Namespace) -> None:
     print(to_markdown(results, ours=f"ours ({Path(args.checkpoint).name})"))
     if args.output:
         print(f"wrote {Path(args.output) / 'results.md'}, {Path(args.output) / 'results.json'}")
+        for split in (split for result in results for split in result.splits if split.answers_file):
+            print(f"wrote {split.answers_file}: submit it to the benchmark's evaluation server (EvalAI)")

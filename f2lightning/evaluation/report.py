@@ -17,7 +17,8 @@ from f2lightning.evaluation.runner import BenchmarkResult, SplitResult
 def to_markdown(results: Sequence[BenchmarkResult], ours: str = "ours") -> str:
     """A table like the paper's Tables 4–6: the paper's Florence-2 rows, then ours.
 
-    Where we score another split than the paper's column (e.g. VQA val for test-dev), our cell names it.
+    Where we score another split than the paper's column (e.g. VQA val for test-dev), our cell names it; where
+    the answers are private, it names the answers file written for the benchmark's server.
     """
     columns = [(result, split) for result in results for split in result.splits]
     groups = ["Method"]
@@ -33,11 +34,16 @@ def to_markdown(results: Sequence[BenchmarkResult], ours: str = "ours") -> str:
         values = [result.benchmark.paper.get(paper_row, {}).get(split.column) for result, split in columns]
         if any(v is not None for v in values):
             lines.append(_row([paper_row, *("-" if v is None else f"{v:.1f}" for v in values)]))
-    ours_cells = [f"{split.score:.1f}" + ("" if _same_split(split) else f" ({split.split})") for _, split in columns]
-    lines.append(_row([f"**{ours}**", *ours_cells]))
+    lines.append(_row([f"**{ours}**", *(_our_cell(split) for _, split in columns)]))
     notes = [f"- {r.benchmark.title}: {r.benchmark.note}" for r in results if r.benchmark.note]
     counts = ", ".join(f"{r.benchmark.title} {s.column}: {s.num_samples}" for r in results for s in r.splits)
-    return "\n".join([*lines, "", f"Samples scored: {counts}.", *notes]) + "\n"
+    return "\n".join([*lines, "", f"Samples: {counts}.", *notes]) + "\n"
+
+
+def _our_cell(split: SplitResult) -> str:
+    if split.score is None:
+        return f"answers/{Path(split.answers_file).name} (to the server)"
+    return f"{split.score:.1f}" + ("" if _same_split(split) else f" ({split.split})")
 
 
 def _same_split(split: SplitResult) -> bool:

@@ -13,6 +13,9 @@ A benchmark config (``configs/eval/<benchmark>.yaml``)::
       test-A: testA
     metric: {}                      # options of the metric (e.g. `protocol` of phrase grounding)
     generation: {batch_size: 16}    # defaults for GenerationSettings; the command line overrides them
+
+A split whose answers are private (`format: vqav2-questions` etc., see `answer_files`) is not scored: its answers
+are written to ``<output>/answers/<benchmark>_<column>.json`` for the benchmark's evaluation server.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import torch
 import yaml
 
 from f2lightning.data.converters import ConversionReport, get_converter
+from f2lightning.evaluation.answer_files import ANSWER_FORMATS, write_answers
 from f2lightning.evaluation.benchmarks import RECORD_FORMATS, Benchmark, get_benchmark
 from f2lightning.evaluation.generation import EvalSample, Generation, GenerationSettings, box_scores, generate
 from f2lightning.model import Florence2
@@ -56,11 +60,12 @@ class BenchmarkConfig:
 class SplitResult:
     column: str  # the paper's column
     split: str  # the data split scored (differs from the column where the paper's split is not public)
-    score: float
+    score: float | None  # None: the answers are private, `answers_file` holds ours for the server
     details: dict[str, float]
     num_samples: int
     seconds: float
     dropped: dict[str, int] = field(default_factory=dict)
+    answers_file: str | None = None
 
 
 @dataclass
@@ -80,6 +85,8 @@ def load_config(path: str | Path) -> BenchmarkConfig:
         if key not in raw:
             raise ValueError(f"{path}: missing `{key}`")
     benchmark = get_benchmark(raw["benchmark"])
+    if _answers_only(raw["data"]) and benchmark.kind.task != "<VQA>":
+        raise ValueError(f"{path}: format {raw['data'].get('format')!r} holds VQA questions, not {benchmark.name}")
     splits = raw["splits"]
     if isinstance(splits, list):  # `[val, test]`: the data splits carry the paper's names
         splits = {str(s): str(s) for s in splits}
@@ -97,13 +104,20 @@ def load_config(path: str | Path) -> BenchmarkConfig:
     )
 
 
+def _answers_only(data: dict[str, Any]) -> bool:
+    return data.get("format") in ANSWER_FORMATS
+
+
 def load_samples(config: BenchmarkConfig, split: str, data_root: str | Path = ".") -> tuple[list[EvalSample], ConversionReport]:
-    """The split's samples, read from the public files with the record converters (or the kind's own reader)."""
+    """The split's samples, read from the public files with the record converters (or the kind's own reader);
+    for a split with private answers, its questions without targets."""
     data = dict(config.data)
     fmt = data.pop("format")
     args = {k: str(Path(data_root) / v) if k in PATH_KEYS else v for k, v in data.items()}
     report = ConversionReport()
     kind = config.benchmark.kind
+    if fmt in ANSWER_FORMATS:
+        return ANSWER_FORMATS[fmt].load(**args), report
     if kind.load is not None:
         return kind.load(**args), report
     convert = RECORD_FORMATS.get(fmt) or get_converter(fmt).convert
@@ -193,9 +207,16 @@ def run_benchmark(
     data_root: str | Path = ".",
     limit: int | None = None,
     predictions_dir: Path | None = None,
+    answers_dir: Path | None = None,
 ) -> BenchmarkResult:
-    """Score every split of one benchmark config; writes per-sample predictions when `predictions_dir` is set."""
+    """Score every split of one benchmark config; writes per-sample predictions when `predictions_dir` is set.
+
+    A config with private answers needs `answers_dir`: its answers go there instead of being scored.
+    """
     benchmark = config.benchmark
+    answers_only = _answers_only(config.data)
+    if answers_only and answers_dir is None:
+        raise ValueError(f"{config.path}: the answers are private; give an output folder for the answers file")
     results = []
     for column, split in config.splits.items():
         start = time.perf_counter()
@@ -208,12 +229,17 @@ def run_benchmark(
             with_logprobs=benchmark.kind.needs_box_scores, description=f"{benchmark.name} {column}",
         )  # fmt: skip
         preds, fallbacks = predictions(benchmark, generations, samples, processor)
+        if predictions_dir is not None:
+            _write_predictions(predictions_dir / f"{benchmark.name}_{column}.jsonl", samples, generations, preds)
+        if answers_only:
+            path = write_answers(answers_dir / f"{benchmark.name}_{column}.json", config.data["format"], samples, preds)
+            results.append(SplitResult(column, split, None, {}, len(samples), time.perf_counter() - start,
+                                       answers_file=str(path)))  # fmt: skip
+            continue
         metrics = benchmark.kind.score(samples, preds, config.metric)
         details = {k: v for k, v in metrics.items() if k != "score"}
         if benchmark.kind.needs_box_scores:
             details["sequence_score_fallbacks"] = fallbacks
-        if predictions_dir is not None:
-            _write_predictions(predictions_dir / f"{benchmark.name}_{column}.jsonl", samples, generations, preds)
         results.append(
             SplitResult(column, split, metrics["score"], details, len(samples), time.perf_counter() - start,
                         dict(report.dropped))
@@ -246,18 +272,22 @@ def evaluate(
     out_dir: str | Path | None = None,
 ) -> list[BenchmarkResult]:
     """Evaluate one checkpoint on several benchmark configs; `overrides` (GenerationSettings fields) win over
-    each config's `generation` block. With `out_dir`, writes results.md, results.json and predictions/."""
+    each config's `generation` block. With `out_dir`, writes results.md, results.json, predictions/ and, for
+    splits with private answers, answers/ (such splits need `out_dir`)."""
     from f2lightning.evaluation.report import write_report
 
     configs = [load_config(path) for path in config_paths]  # fail on a bad config before loading the model
+    if out_dir is None and (private := [c.path for c in configs if _answers_only(c.data)]):
+        raise ValueError(f"{', '.join(private)}: the answers are private; give an output folder for the answers file")
     device = resolve_device(device)
     model, processor = load_model(checkpoint, tokenizer, device, image_size)
     base = GenerationSettings(device=device, bf16=use_bf16(device, precision))
     predictions_dir = Path(out_dir) / "predictions" if out_dir is not None else None
+    answers_dir = Path(out_dir) / "answers" if out_dir is not None else None
     results = []
     for config in configs:
         settings = replace(base, **{**config.generation, **(overrides or {})})
-        results.append(run_benchmark(model, processor, config, settings, data_root, limit, predictions_dir))
+        results.append(run_benchmark(model, processor, config, settings, data_root, limit, predictions_dir, answers_dir))
     if out_dir is not None:
         write_report(results, Path(out_dir), checkpoint=str(checkpoint), settings=replace(base, **(overrides or {})))
     return results

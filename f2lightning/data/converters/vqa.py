@@ -63,7 +63,7 @@ def convert_vqav2(
     return records
 
 
-def _textvqa_image(entry: dict) -> str:
+def textvqa_image_file(entry: dict) -> str:
     # TextCaps entries carry their relative path; TextVQA names images by id.
     return entry.get("image_path") or f"{entry['image_id']}.jpg"
 
@@ -136,7 +136,7 @@ def _text_image_record(images: dict[str, Record], entry: dict, image_dir: str | 
     """The record of an entry's image, made on first sight (TextVQA and TextCaps share the image layout)."""
     if entry["image_id"] not in images:
         images[entry["image_id"]] = Record(
-            image=image_path(image_dir, _textvqa_image(entry)),
+            image=image_path(image_dir, textvqa_image_file(entry)),
             width=int(entry["image_width"]),
             height=int(entry["image_height"]),
             id=str(entry["image_id"]),
