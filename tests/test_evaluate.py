@@ -308,10 +308,15 @@ def test_a_question_without_a_readable_image_is_an_error_naming_it(tmp_path) -> 
         load_samples(config, "test", tmp_path)
 
 
-def test_question_formats_belong_to_vqa_benchmarks(tmp_path) -> None:
+@pytest.mark.parametrize(("data", "error"), [
+    ("{format: vqav2-questions, questions: q.json}", "holds VQA questions, not refcoco"),
+    ("{refs: refs.p}", "`data` must be a mapping with a `format`"),
+    ("refcoco/refs.p", "`data` must be a mapping with a `format`"),
+])  # fmt: skip
+def test_a_config_with_unusable_data_fails_when_read(tmp_path, data, error) -> None:
     config = tmp_path / "bad.yaml"
-    config.write_text("benchmark: refcoco\ndata: {format: vqav2-questions, questions: q.json}\nsplits: [val]\n")
-    with pytest.raises(ValueError, match="holds VQA questions, not refcoco"):
+    config.write_text(f"benchmark: refcoco\ndata: {data}\nsplits: [val]\n")
+    with pytest.raises(ValueError, match=error):
         load_config(config)
 
 

@@ -85,6 +85,8 @@ def load_config(path: str | Path) -> BenchmarkConfig:
         if key not in raw:
             raise ValueError(f"{path}: missing `{key}`")
     benchmark = get_benchmark(raw["benchmark"])
+    if not isinstance(raw["data"], dict) or "format" not in raw["data"]:
+        raise ValueError(f"{path}: `data` must be a mapping with a `format` (the files' public format)")
     if _answers_only(raw["data"]) and benchmark.kind.task != "<VQA>":
         raise ValueError(f"{path}: format {raw['data'].get('format')!r} holds VQA questions, not {benchmark.name}")
     splits = raw["splits"]
