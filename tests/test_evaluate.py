@@ -301,11 +301,30 @@ def test_private_answers_need_an_output_folder_before_the_model_loads(data_root)
         evaluate(SERVER_CONFIGS[:1], "no/such/checkpoint", data_root=data_root, device="cpu")
 
 
-def test_a_question_without_a_readable_image_is_an_error_naming_it(tmp_path) -> None:
+@pytest.mark.parametrize(("questions", "error"), [
+    ([{"image": "VizWiz_test_00000009.jpg", "question": "What?"}],
+     r"1 of 1 questions show images that cannot be read \(first: .*VizWiz_test_00000009"),
+    ([{"image": "VizWiz_test_00000000.jpg", "question": "What?"}, {"image": "VizWiz_test_00000000.jpg"}],
+     r"test.json: question 1 is malformed \(KeyError: 'question'\)"),
+    ([{"image": "VizWiz_test_00000000.jpg", "question": 7}], r"question 0 is malformed \(AttributeError"),
+    ({"questions": []}, "test.json: expected a list of questions, got dict"),
+    ("[{", r"test\.json: not valid JSON"),
+])  # fmt: skip
+def test_a_questions_file_the_server_could_not_score_is_an_error_naming_it(tmp_path, questions, error) -> None:
     config = load_config(CONFIGS / "server" / "vizwiz_test.yaml")
-    _json(tmp_path, "vizwiz/Annotations/test.json", [{"image": "VizWiz_test_00000009.jpg", "question": "What?"}])
-    with pytest.raises(ValueError, match=r"1 of 1 questions show images that cannot be read \(first: .*VizWiz_test_00000009"):
+    _image(tmp_path, "vizwiz/test/VizWiz_test_00000000.jpg")
+    path = tmp_path / "vizwiz/Annotations/test.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(questions if isinstance(questions, str) else json.dumps(questions))
+    with pytest.raises(ValueError, match=error):
         load_samples(config, "test", tmp_path)
+
+
+def test_a_vqav2_questions_file_without_questions_is_an_error_naming_it(tmp_path) -> None:
+    config = load_config(CONFIGS / "server" / "vqav2_test_dev.yaml")
+    _json(tmp_path, "vqav2/v2_OpenEnded_mscoco_test-dev2015_questions.json", {"data_subtype": "test-dev2015"})
+    with pytest.raises(ValueError, match=r"test-dev2015_questions\.json: expected a JSON object with `questions`"):
+        load_samples(config, "test-dev", tmp_path)
 
 
 @pytest.mark.parametrize(("data", "error"), [

@@ -27,18 +27,30 @@ class AnswerFormat:
     entry: Callable[[EvalSample, str], dict[str, Any]]  # one item of the server's JSON list
 
 
-def _samples(source: str | os.PathLike, questions: list[tuple[str, str, tuple[int, int] | None, str]]) -> list[EvalSample]:
-    """`(image path, question, size or None, key)` → samples; sizes not in the file come from the image header."""
+Question = tuple[str, str, tuple[int, int] | None, str]  # image path, question, size if the file has it, key
+
+
+def _read(source: str | os.PathLike, entries: Any, question: Callable[[dict], Question]) -> list[EvalSample]:
+    """The questions file's entries → samples. A malformed entry or an unreadable image is an error naming the
+    file (and the entry): the server wants an answer to every question. Sizes not in the file come from the
+    image header."""
+    if not isinstance(entries, list):
+        raise ValueError(f"{source}: expected a list of questions, got {type(entries).__name__}")
     samples, unreadable = [], []
-    for path, question, size, key in questions:
+    for i, entry in enumerate(entries):
+        try:
+            path, text, size, key = question(entry)
+            text = text.strip()
+        except (AttributeError, KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"{source}: question {i} is malformed ({type(error).__name__}: {error})") from None
         size = size or read_image_size(path)
         if size is None:
             unreadable.append(path)
             continue
-        samples.append(EvalSample(path, size, question.strip(), None, key))
+        samples.append(EvalSample(path, size, text, None, key))
     if unreadable:
         raise ValueError(
-            f"{source}: {len(unreadable)} of {len(questions)} questions show images that cannot be read (first: "
+            f"{source}: {len(unreadable)} of {len(entries)} questions show images that cannot be read (first: "
             f"{unreadable[0]}); the server wants an answer to every question, so check `image_dir`"
         )
     if not samples:
@@ -46,38 +58,54 @@ def _samples(source: str | os.PathLike, questions: list[tuple[str, str, tuple[in
     return samples
 
 
+def _load_json(path: str | os.PathLike) -> Any:
+    with open(path, encoding="utf-8") as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}: not valid JSON ({error})") from None
+
+
+def _field(path: str | os.PathLike, data: Any, key: str) -> Any:
+    if not isinstance(data, dict) or key not in data:
+        raise ValueError(f"{path}: expected a JSON object with `{key}`")
+    return data[key]
+
+
 def vqav2_questions(
     questions: str | os.PathLike, image_dir: str | os.PathLike, *, image_pattern: str = VQAV2_IMAGE_PATTERN
 ) -> list[EvalSample]:
     """VQAv2 ``v2_OpenEnded_mscoco_test-dev2015_questions.json``; keys are question ids. test-dev's images live
     in test2015, so its configs set ``image_pattern: COCO_test2015_{image_id:012d}.jpg``."""
-    with open(questions, encoding="utf-8") as f:
-        data = json.load(f)
+    data = _load_json(questions)
+    entries = _field(questions, data, "questions")
     subtype = data.get("data_subtype", "")
-    return _samples(questions, [
-        (image_path(image_dir, image_pattern.format(image_id=q["image_id"], data_subtype=subtype)), q["question"],
-         None, str(q["question_id"]))
-        for q in data["questions"]
-    ])  # fmt: skip
+
+    def question(q: dict) -> Question:
+        name = image_pattern.format(image_id=q["image_id"], data_subtype=subtype)
+        return image_path(image_dir, name), q["question"], None, str(int(q["question_id"]))
+
+    return _read(questions, entries, question)
 
 
 def textvqa_questions(questions: str | os.PathLike, image_dir: str | os.PathLike) -> list[EvalSample]:
     """TextVQA ``TextVQA_0.5.1_test.json`` (``{"data": [{question, question_id, image_id, image_width, ...}]}``);
     keys are question ids."""
-    with open(questions, encoding="utf-8") as f:
-        entries = json.load(f)["data"]
-    return _samples(questions, [
-        (image_path(image_dir, textvqa_image_file(e)), e["question"],
-         (int(e["image_width"]), int(e["image_height"])) if "image_width" in e else None, str(e["question_id"]))
-        for e in entries
-    ])  # fmt: skip
+
+    def question(e: dict) -> Question:
+        size = (int(e["image_width"]), int(e["image_height"])) if "image_width" in e else None
+        return image_path(image_dir, textvqa_image_file(e)), e["question"], size, str(int(e["question_id"]))
+
+    return _read(questions, _field(questions, _load_json(questions), "data"), question)
 
 
 def vizwiz_questions(questions: str | os.PathLike, image_dir: str | os.PathLike) -> list[EvalSample]:
     """VizWiz-VQA ``test.json`` (a list of ``{image, question}``); keys are image file names, one question each."""
-    with open(questions, encoding="utf-8") as f:
-        entries = json.load(f)
-    return _samples(questions, [(image_path(image_dir, e["image"]), e["question"], None, e["image"]) for e in entries])
+
+    def question(e: dict) -> Question:
+        return image_path(image_dir, e["image"]), e["question"], None, e["image"]
+
+    return _read(questions, _load_json(questions), question)
 
 
 def _by_question_id(sample: EvalSample, answer: str) -> dict[str, Any]:
