@@ -43,7 +43,7 @@ def param_groups(model: nn.Module, weight_decay: float, lr: float, vision_lr_sca
     ]
 
 
-def warmup_cosine(warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0):
+def warmup_cosine(warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0) -> Callable[[int], float]:
     """LR multiplier: 0 → 1 linearly over `warmup_steps`, then cosine down to `min_lr_ratio` at `total_steps`."""
 
     def multiplier(step: int) -> float:
