@@ -26,6 +26,7 @@ from f2lightning.model import Florence2
 from f2lightning.model.checkpoints import CheckpointError, load_state_dict, vision_tower_state_dict
 from f2lightning.model.config import VisionConfig
 from f2lightning.model.vision import create_vision_tower
+from tests.helpers.weights import randomize_
 
 pytestmark = pytest.mark.downstream
 
@@ -64,11 +65,8 @@ def hf_model() -> Florence2ForConditionalGeneration:
         },
         image_token_id=319,
     )
-    model = Florence2ForConditionalGeneration(config).eval()
-    with torch.no_grad():  # random init leaves norms at 1 / biases at 0; make every tensor distinct
-        for param in model.parameters():
-            param.normal_(0, 0.2)
-    return model
+    # Fresh inits leave norms at 1 / biases at 0, which would hide a swapped mapping: every tensor distinct.
+    return randomize_(Florence2ForConditionalGeneration(config).eval())
 
 
 @pytest.fixture(scope="module")

@@ -13,16 +13,13 @@ from PIL import Image
 from f2lightning.model import Florence2, Florence2Config
 from f2lightning.processor import Florence2Processor
 from f2lightning.tasks import LOCATION_TOKENS
+from tests.helpers.weights import randomize_
 
 
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    m = Florence2(Florence2Config.preset("tiny", image_size=64)).eval()
-    with torch.no_grad():
-        for p in m.parameters():
-            p.normal_(0, 0.1)  # away from the near-uniform init, so generations differ per input
-    return m
+    return randomize_(Florence2(Florence2Config.preset("tiny", image_size=64)).eval(), std=0.1)
 
 
 @pytest.mark.parametrize("num_beams", [1, 3])
@@ -35,6 +32,7 @@ def test_batched_generation_equals_one_by_one(model, num_beams):
     mask = torch.tensor([[1] * len(p) + [0] * (longest - len(p)) for p in prompts])
     kwargs = {"max_new_tokens": 10, "num_beams": num_beams, "do_sample": False}
     batched = model.generate(pixels, input_ids, mask, **kwargs)
+    assert len({tuple(row.tolist()) for row in batched}) == len(prompts)  # each sample generates its own tokens
     for i, prompt in enumerate(prompts):
         alone = model.generate(pixels[i : i + 1], torch.tensor([prompt]), **kwargs)[0]
         row = batched[i][: len(alone)]

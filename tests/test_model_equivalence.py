@@ -13,6 +13,7 @@ from transformers import Florence2ForConditionalGeneration
 
 from f2lightning.model import Florence2
 from f2lightning.model.checkpoints import CheckpointError, load_state_dict, vision_tower_state_dict
+from tests.helpers.weights import randomize_
 
 IMAGE_TOKEN_ID = 319
 VOCAB = 320
@@ -37,11 +38,7 @@ def _hf_config() -> HFConfig:
 @pytest.fixture(scope="module")
 def hf_dir(tmp_path_factory):
     torch.manual_seed(0)
-    model = Florence2ForConditionalGeneration(_hf_config()).eval()
-    # Random init leaves some tables near zero; give every tensor a distinct random value.
-    with torch.no_grad():
-        for param in model.parameters():
-            param.normal_(0, 0.2)
+    model = randomize_(Florence2ForConditionalGeneration(_hf_config()).eval())
     path = tmp_path_factory.mktemp("hf")
     model.save_pretrained(path)
     return path
@@ -89,6 +86,8 @@ def _assert_same_generations(ours: Florence2, hf_model, batch) -> None:
         expected = hf_model.generate(**_hf_inputs(pixel_values, input_ids, attention_mask), **kwargs)
         actual = ours.generate(pixel_values, input_ids, attention_mask, **kwargs)
         assert torch.equal(actual, expected), settings
+        # Not vacuous: the tokens depend on the image (each sample's, not its neighbour's).
+        assert not torch.equal(ours.generate(pixel_values.flip(0), input_ids, attention_mask, **kwargs), actual)
 
 
 def test_loads_transformers_checkpoint(hf_dir, hf_model, batch):
@@ -109,9 +108,9 @@ def test_samples_sharing_an_image_match_transformers_fed_a_copy_each(hf_dir, hf_
         expected = hf_model(**_hf_inputs(copies, input_ids, attention_mask), labels=labels)
         swapped = hf_model(**_hf_inputs(pixel_values[1 - image_index], input_ids, attention_mask), labels=labels)
         actual = ours(pixel_values, input_ids, attention_mask, labels=labels, image_index=image_index)
-    # The random model's logits move by ~4e-4 with the image, so the right images must match far closer.
-    assert (actual.logits - expected.logits).abs().max() <= 1e-5
-    assert (actual.logits - swapped.logits).abs().max() >= 1e-4
+    # The logits move by units with the image, so the right images must match within float noise.
+    assert (actual.logits - expected.logits).abs().max() <= 1e-4
+    assert (actual.logits - swapped.logits).abs().max() >= 0.1
     assert torch.allclose(actual.loss, expected.loss, atol=1e-6)
     kwargs = {"max_new_tokens": 12, "do_sample": False, "num_beams": 3}
     expected_ids = hf_model.generate(**_hf_inputs(copies, input_ids, attention_mask), **kwargs)
@@ -203,7 +202,8 @@ def test_vision_tower_equals_timm_davit(hf_dir, hf_model, batch):
     assert [f.shape[1] for f in features] == [32, 64, 96, 128]
     for ours_map, timm_map in zip(intermediates, features, strict=True):
         assert (ours_map - timm_map).abs().max() <= 1e-5
-    assert (intermediates[-1] - hf_last).abs().max() <= 1e-5
+    # transformers' DaViT orders some float ops differently: equal to float32 noise on features of size ~10.
+    torch.testing.assert_close(intermediates[-1], hf_last, rtol=1e-4, atol=1e-4)
 
 
 def test_corrupt_checkpoint_names_the_file(tmp_path):
