@@ -42,7 +42,8 @@ def to_markdown(results: Sequence[BenchmarkResult], ours: str = "ours") -> str:
 
 def _our_cell(split: SplitResult) -> str:
     if split.score is None:
-        return f"answers/{Path(split.answers_file).name} (to the server)"
+        path = Path(split.answers_file)
+        return f"{path.parent.name}/{path.name} (to the server)"
     return f"{split.score:.1f}" + ("" if _same_split(split) else f" ({split.split})")
 
 
