@@ -7,6 +7,7 @@ import argparse
 import json
 import math
 import pickle
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -240,6 +241,8 @@ def test_evaluate_command_writes_the_paper_table(checkpoint, data_root, tmp_path
     assert [s["column"] for s in refcoco] == ["val", "test-A", "test-B"]
     assert refcoco[1]["paper"][PAPER_ROWS[1]] == 61.6 and 0.0 <= refcoco[1]["score"] <= 100.0
     assert report["settings"]["num_beams"] == 3 and report["settings"]["max_new_tokens"] == 8
+    # Captions are tokenized like coco-caption's published scores wherever Java can run its PTBTokenizer.
+    assert by_name["coco_caption"]["splits"][0]["details"]["tokenizer"] == ("ptb" if shutil.which("java") else "python")
     detection = by_name["coco_detection"]["splits"][0]
     assert detection["num_samples"] == 2 and "map_50" in detection["details"]
     for line in (out / "predictions" / "coco_detection_val2017.jsonl").read_text().splitlines():
@@ -326,6 +329,13 @@ def test_a_vqav2_questions_file_without_questions_is_an_error_naming_it(tmp_path
     _json(tmp_path, "vqav2/v2_OpenEnded_mscoco_test-dev2015_questions.json", {"data_subtype": "test-dev2015"})
     with pytest.raises(ValueError, match=r"test-dev2015_questions\.json: expected a JSON object with `questions`"):
         load_samples(config, "test-dev", tmp_path)
+
+
+def test_a_caption_tokenizer_typo_fails_when_the_config_is_read(tmp_path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text((CONFIGS / "coco_caption.yaml").read_text() + "metric: {tokenizer: ptbb}\n")
+    with pytest.raises(ValueError, match=r"bad\.yaml: metric: caption tokenizer must be auto, ptb or python"):
+        load_config(config)
 
 
 @pytest.mark.parametrize(("data", "error"), [

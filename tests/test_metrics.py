@@ -7,6 +7,7 @@ import io
 import json
 import math
 import os
+import shutil
 import socket
 import time
 
@@ -19,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
+from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
@@ -35,8 +37,10 @@ from f2lightning.evaluation import (
     box_scores_from_logprobs,
     coco_caption_tokenize,
     normalize_vqa_answer,
+    ptb_tokenize,
     vqa_accuracy,
 )
+from f2lightning.evaluation import caption as caption_module
 
 # ------------------------------------------------------------------------------------------------ fixtures
 
@@ -116,17 +120,22 @@ def coco_reference(preds: list[dict], targets: list[dict]) -> list[float]:
     return [float(v) for v in evaluator.stats]
 
 
-def pycocoevalcap_scores(captions: list[tuple[str, list[str]]]) -> tuple[float, list[float]]:
-    gts = {i: [coco_caption_tokenize(r) for r in refs] for i, (_, refs) in enumerate(captions)}
-    res = {i: [coco_caption_tokenize(pred)] for i, (pred, _) in enumerate(captions)}
+def pycocoevalcap_scores(
+    captions: list[tuple[str, list[str]]], tokenized: tuple[dict, dict] | None = None
+) -> tuple[float, list[float]]:
+    """coco-caption's scorers on `tokenized` `(gts, res)` (default: our Python tokenisation)."""
+    gts, res = tokenized or (
+        {i: [coco_caption_tokenize(r) for r in refs] for i, (_, refs) in enumerate(captions)},
+        {i: [coco_caption_tokenize(pred)] for i, (pred, _) in enumerate(captions)},
+    )
     cider, _ = Cider().compute_score(gts, res)
     with contextlib.redirect_stdout(io.StringIO()):
         bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
     return float(cider), [float(b) for b in bleu]
 
 
-def caption_scores(captions: list[tuple[str, list[str]]]) -> tuple[float, list[float]]:
-    cider, bleu = CIDEr(), BLEU()
+def caption_scores(captions: list[tuple[str, list[str]]], tokenizer: str = "python") -> tuple[float, list[float]]:
+    cider, bleu = CIDEr(tokenizer=tokenizer), BLEU(tokenizer=tokenizer)
     for metric in (cider, bleu):
         metric.update([p for p, _ in captions], [r for _, r in captions])
     bleu_scores = bleu.compute()
@@ -155,6 +164,51 @@ def test_caption_metrics_equal_pycocoevalcap() -> None:
     assert cider == pytest.approx(ref_cider, abs=1e-6)
     assert bleu == pytest.approx(ref_bleu, abs=1e-6)
     assert cider > 0.1
+
+
+# Where the Python approximation and PTB part ways (abbreviations, brackets, slashes, quotes, "cannot").
+TRICKY_CAPTIONS = [
+    ('A sign reads "STOP" (in red).', ["A red sign says STOP.", "a (red) stop sign"]),
+    ("The U.S. flag at 3:30 p.m.", ["A U.S. flag flies.", "flag of the U.S.A. at noon"]),
+    ("It's 5 o'clock; they're gonna go.", ["It is five o'clock.", "They can't wait, they cannot go."]),
+    ("A man/woman by an 18-wheeler & a car.", ["A truck & a car at 100 km/h.", "'Quoted' words: rock'n'roll"]),
+    ("A café in Zürich, e.g. near Mr. Smith's house.", ["A café by the lake.", "Mr. Smith's café"]),
+]
+needs_java = pytest.mark.skipif(shutil.which("java") is None, reason="coco-caption's PTBTokenizer needs Java")
+
+
+@needs_java
+def test_ptb_tokenize_is_coco_captions_tokenizer() -> None:
+    texts = [text for pred, refs in TRICKY_CAPTIONS for text in (pred, *refs)]
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints nothing, but writes beside its jar
+        reference = PTBTokenizer().tokenize({i: [{"caption": t}] for i, t in enumerate(texts)})
+    ours = ptb_tokenize(texts)
+    assert ours == [reference[i][0] for i in range(len(texts))]
+    assert ours != [coco_caption_tokenize(t) for t in texts]  # the corpus does tell the tokenizers apart
+    assert ptb_tokenize(["", "two\nlines"]) == ["", "two lines"]  # one output per text, always
+
+
+@needs_java
+def test_caption_metrics_with_ptb_equal_the_coco_caption_pipeline() -> None:
+    """PTBTokenizer on references and predictions, then Cider / Bleu(4): how coco-caption scores."""
+    gts = {i: [{"caption": r} for r in refs] for i, (_, refs) in enumerate(TRICKY_CAPTIONS)}
+    res = {i: [{"caption": pred}] for i, (pred, _) in enumerate(TRICKY_CAPTIONS)}
+    with contextlib.redirect_stdout(io.StringIO()):
+        tokenized = PTBTokenizer().tokenize(gts), PTBTokenizer().tokenize(res)
+    cider, bleu = caption_scores(TRICKY_CAPTIONS, tokenizer="ptb")
+    ref_cider, ref_bleu = pycocoevalcap_scores(TRICKY_CAPTIONS, tokenized)
+    assert cider == pytest.approx(ref_cider, abs=1e-6) and bleu == pytest.approx(ref_bleu, abs=1e-6)
+    assert caption_scores(TRICKY_CAPTIONS, tokenizer="python") != (cider, bleu)
+
+
+def test_without_java_auto_falls_back_with_a_warning_and_ptb_refuses(monkeypatch) -> None:
+    monkeypatch.setattr(caption_module.shutil, "which", lambda name: None)
+    with pytest.warns(UserWarning, match="install Java.*Python approximation"):
+        assert CIDEr(tokenizer="auto").tokenizer == "python"
+    with pytest.raises(RuntimeError, match="install Java"):
+        BLEU(tokenizer="ptb")
+    with pytest.raises(ValueError, match="auto, ptb or python, got 'java'"):
+        CIDEr(tokenizer="java")
 
 
 _WORDS = st.sampled_from(["a", "dog", "cat", "runs", "on", "the", "grass", "red", "ball"])

@@ -1,7 +1,7 @@
 """Evaluation metrics (torchmetrics, DDP-safe) for the Florence-2 tasks, each following its benchmark's protocol."""
 
 from f2lightning.evaluation.box_scores import box_scores_from_logprobs
-from f2lightning.evaluation.caption import BLEU, CIDEr, coco_caption_tokenize
+from f2lightning.evaluation.caption import BLEU, CIDEr, coco_caption_tokenize, ptb_tokenize
 from f2lightning.evaluation.detection import DetectionMAP
 from f2lightning.evaluation.grounding import PhraseGroundingRecall, RECAccuracy, box_iou, union_box
 from f2lightning.evaluation.ocr import OCRMetrics, edit_distance, normalize_ocr_text
@@ -24,6 +24,7 @@ __all__ = [
     "normalize_ocr_text",
     "normalize_vqa_answer",
     "polygons_to_rle",
+    "ptb_tokenize",
     "union_box",
     "vqa_accuracy",
 ]

@@ -16,7 +16,7 @@ from typing import Any
 from f2lightning.data.converters.base import ConversionReport, image_path, read_image_size, with_report
 from f2lightning.data.expand import task_annotations
 from f2lightning.data.schema import Record, VqaPair
-from f2lightning.evaluation.caption import BLEU, CIDEr
+from f2lightning.evaluation.caption import BLEU, CIDEr, resolve_caption_tokenizer
 from f2lightning.evaluation.detection import DetectionMAP
 from f2lightning.evaluation.generation import EvalSample
 from f2lightning.evaluation.grounding import PhraseGroundingRecall, RECAccuracy
@@ -30,7 +30,7 @@ GENERALIST_B = "Florence-2-B generalist (Tables 5/6)"
 GENERALIST_L = "Florence-2-L generalist (Tables 5/6)"
 PAPER_ROWS = (ZERO_SHOT_B, ZERO_SHOT_L, GENERALIST_B, GENERALIST_L)
 
-Scorer = Callable[[Sequence[EvalSample], Sequence[Any], Mapping[str, Any]], dict[str, float]]
+Scorer = Callable[[Sequence[EvalSample], Sequence[Any], Mapping[str, Any]], dict[str, float | str]]
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,7 @@ class Kind:
     number under `'score'`, in percent as the paper prints it, plus any secondary numbers).
 
     `load`, when set, reads the benchmark's files itself instead of going through a record converter.
+    `check_options`, when set, rejects a config's `metric` options when the config is read, before generation.
     """
 
     task: str
@@ -46,6 +47,7 @@ class Kind:
     samples: Callable[[Record], list[EvalSample]] | None = None
     load: Callable[..., list[EvalSample]] | None = None
     needs_box_scores: bool = False  # mAP ranks boxes: generate with token log-probabilities
+    check_options: Callable[[Mapping[str, Any]], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -96,12 +98,24 @@ def _percent(value: Any) -> float:
     return 100.0 * float(value)
 
 
-def caption_score(samples: Sequence[EvalSample], preds: Sequence[Any], options: Mapping[str, Any]) -> dict[str, float]:
+def caption_score(
+    samples: Sequence[EvalSample], preds: Sequence[Any], options: Mapping[str, Any]
+) -> dict[str, float | str]:
+    """CIDEr-D (+ BLEU-4), tokenised by coco-caption's own PTBTokenizer where Java can run it (`metric:
+    {tokenizer: auto}`, the default; `ptb` insists, `python` never starts Java)."""
     targets = [s.target for s in samples]
-    cider, bleu = CIDEr(), BLEU()
+    tokenizer = resolve_caption_tokenizer(options.get("tokenizer", "auto"))
+    cider, bleu = CIDEr(tokenizer=tokenizer), BLEU(tokenizer=tokenizer)
     cider.update(list(preds), targets)
     bleu.update(list(preds), targets)
-    return {"score": _percent(cider.compute()["cider"]), "bleu_4": _percent(bleu.compute()["bleu_4"])}
+    return {"score": _percent(cider.compute()["cider"]), "bleu_4": _percent(bleu.compute()["bleu_4"]),
+            "tokenizer": tokenizer}  # fmt: skip
+
+
+def check_caption_options(options: Mapping[str, Any]) -> None:
+    tokenizer = options.get("tokenizer", "auto")
+    if tokenizer != "auto":  # `auto` always runs; `ptb` must be able to, and anything else is a typo
+        resolve_caption_tokenizer(tokenizer)
 
 
 def detection_score(samples: Sequence[EvalSample], preds: Sequence[Any], options: Mapping[str, Any]) -> dict[str, float]:
@@ -141,7 +155,7 @@ def _annotation_kind(task: str, score: Scorer) -> Kind:
     return Kind(task, score, samples=annotation_samples(task))
 
 
-CAPTION = Kind("<CAPTION>", caption_score, samples=caption_samples)
+CAPTION = Kind("<CAPTION>", caption_score, samples=caption_samples, check_options=check_caption_options)
 GROUNDING = _annotation_kind("<CAPTION_TO_PHRASE_GROUNDING>", grounding_score)
 REC = _annotation_kind("<REFERRING_EXPRESSION_COMPREHENSION>", rec_score)
 RES = _annotation_kind("<REFERRING_EXPRESSION_SEGMENTATION>", res_score)

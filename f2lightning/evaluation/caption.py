@@ -1,15 +1,26 @@
 """Captioning metrics following the COCO caption protocol (coco-caption / pycocoevalcap).
 
-Both metrics score text normalised by :func:`coco_caption_tokenize`, applied to predictions and references
-alike, which stands in for coco-caption's Java PTBTokenizer + punctuation removal.
+Both metrics tokenise predictions and references alike, with one of two tokenizers (`tokenizer=`):
+
+* ``"ptb"``: coco-caption's own, the Stanford PTBTokenizer jar that pycocoevalcap ships, run under Java, then
+  coco-caption's punctuation list: the scores published on the benchmarks;
+* ``"python"`` (default): :func:`coco_caption_tokenize`, a Java-free approximation that agrees on plain
+  captions and differs on abbreviations, brackets, slashes and quotes; fast enough for validation during
+  training;
+* ``"auto"`` resolves to ``"ptb"`` where Java and pycocoevalcap are installed, else to ``"python"`` with a warning.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import re
+import shutil
+import subprocess
+import warnings
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -38,6 +49,82 @@ def coco_caption_tokenize(text: str) -> str:
     return " ".join(tok for tok in _TOKENS.findall(text) if tok not in _PUNCTUATION)
 
 
+# coco-caption removes these after PTB tokenisation. It compares them with its *lower-cased* output, so the
+# bracket names never match and "(" survives as "-lrb-": kept as is, since the published scores include it.
+PTB_PUNCTUATION = frozenset(
+    ["''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--", "...", ";"]
+)
+_PTB_JAR = "stanford-corenlp-3.4.1.jar"
+
+
+def _ptb_jar() -> Path:
+    """The jar, or an error saying what to install."""
+    if shutil.which("java") is None:
+        raise RuntimeError("caption tokenizer 'ptb' runs coco-caption's Java PTBTokenizer: install Java "
+                           "(e.g. apt install default-jre-headless) or use tokenizer 'python'")  # fmt: skip
+    try:  # pycocoevalcap is a namespace package: locate the module that sits beside the jar
+        spec = importlib.util.find_spec("pycocoevalcap.tokenizer.ptbtokenizer")
+    except ModuleNotFoundError:
+        spec = None
+    jar = Path(spec.origin).parent / _PTB_JAR if spec and spec.origin else None
+    if jar is None or not jar.is_file():
+        raise RuntimeError("caption tokenizer 'ptb' needs pycocoevalcap for coco-caption's PTBTokenizer jar "
+                           "(pip install pycocoevalcap) or use tokenizer 'python'")  # fmt: skip
+    return jar
+
+
+def ptb_tokenize(texts: Sequence[str]) -> list[str]:
+    """coco-caption's tokenisation: Stanford PTBTokenizer (lower-cased, one line per text, one Java process for
+    all texts), then its punctuation list; tokens joined by single spaces."""
+    if not texts:
+        return []
+    command = ["java", "-cp", str(_ptb_jar()), "edu.stanford.nlp.process.PTBTokenizer", "-preserveLines",
+               "-lowerCase"]  # fmt: skip
+    lines = "\n".join(re.sub(r"[\r\n]", " ", text) for text in texts) + "\n"
+    result = subprocess.run(command, input=lines.encode("utf-8"), capture_output=True, check=False)
+    output = result.stdout.decode("utf-8").split("\n")
+    if output and output[-1] == "":
+        output.pop()
+    if result.returncode != 0 or len(output) != len(texts):
+        raise RuntimeError(f"PTBTokenizer returned {len(output)} lines for {len(texts)} texts (exit "
+                           f"{result.returncode}): {result.stderr.decode(errors='replace')[-500:]}")  # fmt: skip
+    return [" ".join(tok for tok in line.split() if tok not in PTB_PUNCTUATION) for line in output]
+
+
+def resolve_caption_tokenizer(name: str) -> str:
+    """``"ptb"`` or ``"python"``; ``"auto"`` picks ``"ptb"`` where it can run, and says so when it cannot."""
+    if name not in ("auto", "ptb", "python"):
+        raise ValueError(f"caption tokenizer must be auto, ptb or python, got {name!r}")
+    if name == "python":
+        return name
+    try:
+        _ptb_jar()
+    except RuntimeError as error:
+        if name == "ptb":
+            raise
+        warnings.warn(f"{error}; captions are tokenized by the Python approximation, so scores can differ "
+                      "slightly from coco-caption's", stacklevel=2)  # fmt: skip
+        return "python"
+    return "ptb"
+
+
+def _tokenizer(name: str) -> Callable[[Sequence[str]], list[str]]:
+    return ptb_tokenize if name == "ptb" else (lambda texts: [coco_caption_tokenize(t) for t in texts])
+
+
+def _tokenized(
+    tokenize: Callable[[Sequence[str]], list[str]], preds: Sequence[str], targets: Sequence[Sequence[str]]
+) -> list[tuple[str, list[str]]]:
+    """`(prediction, references)` pairs tokenised in one call (one Java process for the PTB tokenizer)."""
+    if len(preds) != len(targets):
+        raise ValueError(f"{len(preds)} predictions but {len(targets)} reference lists")
+    if any(not refs for refs in targets):
+        raise ValueError("every prediction needs at least one reference caption")
+    tokens = iter(tokenize([*preds, *(ref for refs in targets for ref in refs)]))
+    hyps = [next(tokens) for _ in preds]
+    return [(hyp, [next(tokens) for _ in refs]) for hyp, refs in zip(hyps, targets)]
+
+
 def _ngrams(sentence: str, n: int) -> Counter[Ngram]:
     words = sentence.split()
     return Counter(tuple(words[i : i + k]) for k in range(1, n + 1) for i in range(len(words) - k + 1))
@@ -50,20 +137,20 @@ class CIDEr(RecordMetric):
     whole evaluated corpus (hence every sample is kept and gathered across ranks), hypothesis counts clipped
     by the reference counts, a Gaussian length penalty (``sigma=6``), averaged over n-gram orders and
     references, times 10; the corpus score is the mean over samples. ``compute`` returns
-    ``{'cider': float}`` (NaN before any update).
+    ``{'cider': float}`` (NaN before any update). `tokenizer`: see the module docstring (``self.tokenizer``
+    holds the resolved one).
     """
 
-    def __init__(self, n: int = 4, sigma: float = 6.0, **kwargs: Any) -> None:
+    def __init__(self, n: int = 4, sigma: float = 6.0, tokenizer: str = "python", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.n = n
         self.sigma = sigma
+        self.tokenizer = resolve_caption_tokenizer(tokenizer)
 
     def update(self, preds: Sequence[str], targets: Sequence[Sequence[str]]) -> None:
         """``preds[i]``: generated caption; ``targets[i]``: its (non-empty) list of reference captions."""
-        for pred, refs in zip(preds, targets, strict=True):
-            if not refs:
-                raise ValueError("every prediction needs at least one reference caption")
-            self._add_record([coco_caption_tokenize(pred), [coco_caption_tokenize(ref) for ref in refs]])
+        for hyp, refs in _tokenized(_tokenizer(self.tokenizer), preds, targets):
+            self._add_record([hyp, refs])
 
     def compute(self) -> dict[str, float]:
         records = self._records()
@@ -111,14 +198,16 @@ class BLEU(Metric):
 
     Clipped n-gram matches and candidate n-gram counts are summed over the corpus, the brevity penalty uses
     for each sample the reference length closest to the candidate length. Only sums are kept, so the DDP sync
-    is a plain sum. ``compute`` returns ``{'bleu_1': ..., 'bleu_n': ...}`` as python floats.
+    is a plain sum. ``compute`` returns ``{'bleu_1': ..., 'bleu_n': ...}`` as python floats. `tokenizer`: see
+    the module docstring.
     """
 
     full_state_update = False
 
-    def __init__(self, n: int = 4, **kwargs: Any) -> None:
+    def __init__(self, n: int = 4, tokenizer: str = "python", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.n = n
+        self.tokenizer = resolve_caption_tokenizer(tokenizer)
         self.add_state("correct", default=torch.zeros(n, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("guess", default=torch.zeros(n, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("hyp_len", default=torch.tensor(0), dist_reduce_fx="sum")
@@ -129,11 +218,7 @@ class BLEU(Metric):
         correct = [0] * self.n
         guess = [0] * self.n
         hyp_total = ref_total = 0
-        for pred, refs in zip(preds, targets, strict=True):
-            if not refs:
-                raise ValueError("every prediction needs at least one reference caption")
-            hyp = coco_caption_tokenize(pred)
-            ref_tokens = [coco_caption_tokenize(ref) for ref in refs]
+        for hyp, ref_tokens in _tokenized(_tokenizer(self.tokenizer), preds, targets):
             hyp_len = len(hyp.split())
             max_ref_counts: Counter[Ngram] = Counter()
             for ref in ref_tokens:

@@ -61,7 +61,7 @@ class SplitResult:
     column: str  # the paper's column
     split: str  # the data split scored (differs from the column where the paper's split is not public)
     score: float | None  # None: the answers are private, `answers_file` holds ours for the server
-    details: dict[str, float]
+    details: dict[str, float | str]  # secondary numbers, and how they were computed (e.g. the caption tokenizer)
     num_samples: int
     seconds: float
     dropped: dict[str, int] = field(default_factory=dict)
@@ -93,6 +93,12 @@ def load_config(path: str | Path) -> BenchmarkConfig:
     if isinstance(splits, list):  # `[val, test]`: the data splits carry the paper's names
         splits = {str(s): str(s) for s in splits}
     # Device and precision belong to the machine, not the benchmark: only the command line sets them.
+    metric = raw.get("metric") or {}
+    if benchmark.kind.check_options is not None:
+        try:
+            benchmark.kind.check_options(metric)
+        except (RuntimeError, ValueError) as error:
+            raise ValueError(f"{path}: metric: {error}") from None
     known = {"batch_size", "num_beams", "max_new_tokens", "num_workers"}
     if set(raw.get("generation") or {}) - known:
         raise ValueError(f"{path}: generation accepts {sorted(known)}")
@@ -100,7 +106,7 @@ def load_config(path: str | Path) -> BenchmarkConfig:
         benchmark=benchmark,
         data=dict(raw["data"]),
         splits={str(k): str(v) for k, v in splits.items()},
-        metric=dict(raw.get("metric") or {}),
+        metric=dict(metric),
         generation=dict(raw.get("generation") or {}),
         path=str(path),
     )
