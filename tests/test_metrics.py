@@ -185,7 +185,8 @@ def test_ptb_tokenize_is_coco_captions_tokenizer() -> None:
     ours = ptb_tokenize(texts)
     assert ours == [reference[i][0] for i in range(len(texts))]
     assert ours != [coco_caption_tokenize(t) for t in texts]  # the corpus does tell the tokenizers apart
-    assert ptb_tokenize(["", "two\nlines"]) == ["", "two lines"]  # one output per text, always
+    # One output per text, always: whatever Java takes for a line break stays inside its text.
+    assert ptb_tokenize(["", "two\nlines", "a\u2028b\x0cc\rd"]) == ["", "two lines", "a b c d"]
 
 
 @needs_java

@@ -55,6 +55,8 @@ PTB_PUNCTUATION = frozenset(
     ["''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--", "...", ";"]
 )
 _PTB_JAR = "stanford-corenlp-3.4.1.jar"
+# What the PTBTokenizer ends a line at: inside a text they would shift every later text by a line.
+_PTB_LINE_BREAKS = re.compile("[\n\r\x0b\x0c\u2028\u2029]")
 
 
 def _ptb_jar() -> Path:
@@ -80,7 +82,7 @@ def ptb_tokenize(texts: Sequence[str]) -> list[str]:
         return []
     command = ["java", "-cp", str(_ptb_jar()), "edu.stanford.nlp.process.PTBTokenizer", "-preserveLines",
                "-lowerCase"]  # fmt: skip
-    lines = "\n".join(re.sub(r"[\r\n]", " ", text) for text in texts) + "\n"
+    lines = "\n".join(_PTB_LINE_BREAKS.sub(" ", text) for text in texts) + "\n"
     result = subprocess.run(command, input=lines.encode("utf-8"), capture_output=True, check=False)
     output = result.stdout.decode("utf-8").split("\n")
     if output and output[-1] == "":
