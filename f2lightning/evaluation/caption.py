@@ -1,6 +1,6 @@
 """Captioning metrics following the COCO caption protocol (coco-caption / pycocoevalcap).
 
-Both metrics tokenise predictions and references alike, with one of two tokenizers (`tokenizer=`):
+Both metrics tokenise predictions and references alike, with the tokenizer that `tokenizer=` names:
 
 * ``"ptb"``: coco-caption's own, the Stanford PTBTokenizer jar that pycocoevalcap ships, run under Java, then
   coco-caption's punctuation list: the scores published on the benchmarks;
