@@ -301,7 +301,7 @@ def test_server_configs_write_one_answer_per_question_in_the_servers_format(chec
 def test_private_answers_need_an_output_folder_before_the_model_loads(data_root) -> None:
     from f2lightning.evaluation.runner import evaluate
 
-    with pytest.raises(ValueError, match="answers are private; give an output folder"):
+    with pytest.raises(ValueError, match=r"answers are private; give an output folder \(-o DIR"):
         evaluate(SERVER_CONFIGS[:1], "no/such/checkpoint", data_root=data_root, device="cpu")
 
 

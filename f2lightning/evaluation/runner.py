@@ -46,6 +46,9 @@ PATH_KEYS = frozenset(
 )  # fmt: skip
 
 
+_NEEDS_OUTPUT = "the answers are private; give an output folder (-o DIR, out_dir=) for the answers file"
+
+
 @dataclass(frozen=True)
 class BenchmarkConfig:
     benchmark: Benchmark
@@ -224,7 +227,7 @@ def run_benchmark(
     benchmark = config.benchmark
     answers_only = _answers_only(config.data)
     if answers_only and answers_dir is None:
-        raise ValueError(f"{config.path}: the answers are private; give an output folder for the answers file")
+        raise ValueError(f"{config.path}: {_NEEDS_OUTPUT}")
     results = []
     for column, split in config.splits.items():
         start = time.perf_counter()
@@ -286,7 +289,7 @@ def evaluate(
 
     configs = [load_config(path) for path in config_paths]  # fail on a bad config before loading the model
     if out_dir is None and (private := [c.path for c in configs if _answers_only(c.data)]):
-        raise ValueError(f"{', '.join(private)}: the answers are private; give an output folder for the answers file")
+        raise ValueError(f"{', '.join(private)}: {_NEEDS_OUTPUT}")
     device = resolve_device(device)
     model, processor = load_model(checkpoint, tokenizer, device, image_size)
     base = GenerationSettings(device=device, bf16=use_bf16(device, precision))
