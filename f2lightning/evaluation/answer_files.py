@@ -23,6 +23,7 @@ from f2lightning.evaluation.generation import EvalSample
 
 @dataclass(frozen=True)
 class AnswerFormat:
+    task: str  # the task its questions are asked with; only benchmarks of that task can use the format
     load: Callable[..., list[EvalSample]]  # the questions file (+ image folder) → samples without targets
     entry: Callable[[EvalSample, str], dict[str, Any]]  # one item of the server's JSON list
 
@@ -117,9 +118,9 @@ def _by_image(sample: EvalSample, answer: str) -> dict[str, Any]:
 
 
 ANSWER_FORMATS: dict[str, AnswerFormat] = {
-    "vqav2-questions": AnswerFormat(vqav2_questions, _by_question_id),
-    "textvqa-questions": AnswerFormat(textvqa_questions, _by_question_id),
-    "vizwiz-questions": AnswerFormat(vizwiz_questions, _by_image),
+    "vqav2-questions": AnswerFormat("<VQA>", vqav2_questions, _by_question_id),
+    "textvqa-questions": AnswerFormat("<VQA>", textvqa_questions, _by_question_id),
+    "vizwiz-questions": AnswerFormat("<VQA>", vizwiz_questions, _by_image),
 }
 
 

@@ -90,8 +90,10 @@ def load_config(path: str | Path) -> BenchmarkConfig:
     benchmark = get_benchmark(raw["benchmark"])
     if not isinstance(raw["data"], dict) or "format" not in raw["data"]:
         raise ValueError(f"{path}: `data` must be a mapping with a `format` (the files' public format)")
-    if _answers_only(raw["data"]) and benchmark.kind.task != "<VQA>":
-        raise ValueError(f"{path}: format {raw['data'].get('format')!r} holds VQA questions, not {benchmark.name}")
+    answer_format = ANSWER_FORMATS.get(raw["data"]["format"])
+    if answer_format is not None and answer_format.task != benchmark.kind.task:
+        raise ValueError(f"{path}: format {raw['data']['format']!r} holds {answer_format.task.strip('<>')} "
+                         f"questions, not {benchmark.name}")  # fmt: skip
     splits = raw["splits"]
     if isinstance(splits, list):  # `[val, test]`: the data splits carry the paper's names
         splits = {str(s): str(s) for s in splits}
@@ -127,7 +129,7 @@ def load_samples(config: BenchmarkConfig, split: str, data_root: str | Path = ".
     args = {k: str(Path(data_root) / v) if k in PATH_KEYS else v for k, v in data.items()}
     report = ConversionReport()
     kind = config.benchmark.kind
-    if fmt in ANSWER_FORMATS:
+    if _answers_only(config.data):
         return ANSWER_FORMATS[fmt].load(**args), report
     if kind.load is not None:
         return kind.load(**args), report
