@@ -19,14 +19,23 @@ once (`image_index`), the reference gets a copy per question. Rates then count q
     python -m benchmarks.generation --preset base --batch-size 4 --max-new-tokens 16
     python -m benchmarks.generation --preset tiny --batch-size 16 --tasks "<REFERRING_EXPRESSION_COMPREHENSION>" \
         --questions-per-image 4 --max-new-tokens 8
+    python -m benchmarks.generation --preset base --batch-size 4 --breakdown
+
+`--breakdown` also times our parts alone: the image encoder, BART's encoder, and the decoder's forward passes
+over batch x beams rows with a KV cache and no search around them. Their sum is a floor under any beam-search
+loop that runs this model's computation, so `reference / floor` is the most such a loop could gain over the
+reference's batched `generate` on this machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 from typing import Any
 
 import torch
+from transformers import BartForConditionalGeneration
+from transformers.modeling_outputs import BaseModelOutput
 
 from benchmarks.common import (
     Side,
@@ -47,6 +56,9 @@ from f2lightning.images import load_image
 from f2lightning.processor import share_images
 from f2lightning.tasks import get_task
 
+# transformers 5.2x renamed the decoder cache argument and output field (`past_key_values` -> `cache`).
+_CACHE = "cache" if "cache" in inspect.signature(BartForConditionalGeneration.forward).parameters else "past_key_values"
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -62,6 +74,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--compile", action="store_true", help="ours only: torch.compile the image encoder")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also time our parts alone and the floor they put under any beam-search loop")
     return parser.parse_args(argv)
 
 
@@ -122,7 +136,16 @@ def bench_task(task: str, model, reference, processor, pairs: list[tuple[str, st
         f"{kwargs['max_new_tokens']} new tokens, same output: {same})",
         ["side", "images/s" if args.questions_per_image == 1 else "questions/s", "ours is faster by"], rows,
     )
+    breakdown = {}
+    if args.breakdown:
+        seconds = time_parts(model, pixels, input_ids, mask, image_index, kwargs, args, device)
+        floor = sum(seconds.values())
+        breakdown = {"breakdown_s": {**seconds, "floor": floor}, "reference_over_floor": sides[1].median / floor}
+        print_table("where our time goes (medians; floor = the sum of the model's own passes)", ["part", "s"],
+                    [[name, value] for name, value in breakdown["breakdown_s"].items()]
+                    + [["reference batched / floor", breakdown["reference_over_floor"]]])
     return {
+        **breakdown,
         "ours_images_per_s": len(images) / sides[0].median,
         "reference_batched_images_per_s": len(images) / sides[1].median,
         "reference_one_by_one_images_per_s": len(images) / sides[2].median,
@@ -130,6 +153,40 @@ def bench_task(task: str, model, reference, processor, pairs: list[tuple[str, st
         "speedup_vs_reference_one_by_one": sides[2].median / sides[0].median,
         "same_output": same,
     }
+
+
+def time_parts(model, pixels, input_ids, mask, image_index, kwargs: dict[str, Any], args: argparse.Namespace,
+               device: torch.device) -> dict[str, float]:
+    """Median seconds of our image encoder, BART encoder and bare decoder passes (`--breakdown`)."""
+    language = model.language_model
+    beams, steps = kwargs["num_beams"], kwargs["max_new_tokens"]
+    with torch.inference_mode(), autocast(device, args.bf16):
+        embeds, embeds_mask = model.embed_inputs(pixels, input_ids, mask, image_index)
+        encoded = language.get_encoder()(inputs_embeds=embeds, attention_mask=embeds_mask).last_hidden_state
+    encoded = BaseModelOutput(last_hidden_state=encoded.repeat_interleave(beams, 0))
+    rows_mask = embeds_mask.repeat_interleave(beams, 0)
+
+    def decode() -> None:
+        tokens, cache = torch.full((len(rows_mask), 1), language.config.decoder_start_token_id, device=device), None
+        for _ in range(steps):
+            output = language(encoder_outputs=encoded, attention_mask=rows_mask, decoder_input_ids=tokens,
+                              use_cache=True, **{_CACHE: cache})
+            cache, tokens = getattr(output, _CACHE), output.logits[:, -1:].argmax(-1)
+
+    def inference(run) -> Any:
+        def unit(_: object) -> None:
+            with torch.inference_mode(), autocast(device, args.bf16):
+                run()
+        return unit
+
+    parts = {
+        "image_encoder": inference(lambda: model.encode_image(pixels)),
+        "bart_encoder": inference(lambda: language.get_encoder()(inputs_embeds=embeds, attention_mask=embeds_mask)),
+        f"decoder_{steps}_passes": inference(decode),
+    }
+    sides = [Side(name, run) for name, run in parts.items()]
+    interleave(sides, list(range(args.repeats + 1)), device, warmup=1)
+    return {side.name: side.median for side in sides}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -15,7 +15,8 @@ SMALL = ["--preset", "tiny", "--image-size", "64", "--batch-size", "2", "--devic
 SCRIPTS = {
     "train_step": [*SMALL, "--steps", "1", "--warmup", "0", "--prompt-length", "6", "--target-length", "6",
                    "--tasks-per-image", "2"],
-    "generation": [*SMALL, "--repeats", "1", "--max-new-tokens", "2", "--tasks", "<CAPTION>", "--questions-per-image", "2"],
+    "generation": [*SMALL, "--repeats", "1", "--max-new-tokens", "2", "--tasks", "<CAPTION>", "--questions-per-image", "2",
+                   "--breakdown"],
     "data_pipeline": [*SMALL, "--batches", "1"],
     "efficiency": [*SMALL, "--steps", "1", "--warmup", "0", "--matmul-size", "64"],
 }
@@ -27,4 +28,9 @@ def test_benchmark_script_prints_json(script, capsys):
     module.run(module.parse_args(SCRIPTS[script]))
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("BENCHMARK_JSON ")]
     assert len(lines) == 1
-    assert json.loads(lines[0].removeprefix("BENCHMARK_JSON "))["benchmark"] == script
+    result = json.loads(lines[0].removeprefix("BENCHMARK_JSON "))
+    assert result["benchmark"] == script
+    if script == "generation":  # --breakdown: the floor is the sum of the timed parts
+        parts = result["tasks"]["<CAPTION>"]["breakdown_s"]
+        assert parts.pop("floor") == pytest.approx(sum(parts.values()))
+        assert set(parts) == {"image_encoder", "bart_encoder", "decoder_2_passes"}
