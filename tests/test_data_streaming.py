@@ -36,6 +36,15 @@ def corpus(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def by_image(corpus) -> str:
+    """The same 20 images sharded by image (one item each, all its samples), through the command line."""
+    out = corpus["root"] / "by_image"
+    argv = ["shard", str(corpus["records"]), "-o", str(out), "--by-image", "--tasks", *TASKS, "--chunk-bytes", "4KB"]
+    assert cli_main([*argv, "--workers", "1"]) == 0
+    return str(out)
+
+
+@pytest.fixture(scope="module")
 def processor(tokenizer):
     return Florence2Processor(tokenizer, image_size=32)
 
@@ -119,9 +128,11 @@ class _Recorder(L.LightningModule):
         super().__init__()
         self.weight = torch.nn.Parameter(torch.zeros(()))
         self.seen: list[list[str]] = []
+        self.images: list[int] = []  # rows of pixel_values per batch
 
     def training_step(self, batch, batch_idx):
         self.seen.append(batch["target"])
+        self.images.append(len(batch["pixel_values"]))
         return self.weight * batch["pixel_values"].mean()
 
     def configure_optimizers(self):
@@ -172,5 +183,110 @@ def test_unreadable_images_are_counted_when_sharding_and_when_streaming(tmp_path
     assert len(skipped) == 1 and images[0].name in skipped[0]
     assert sum(b["size"] for b in batches) == 1
 
+    assert cli_main([*argv, "--by-image", "-o", str(tmp_path / "by_image")]) == 0
+    stream = build_stream(str(tmp_path / "by_image"), processor, tasks_per_image=2)
+    batches = list(streaming_loader(stream, processor, 2, 0))
+    skipped = [reason for b in batches for reason in b["skipped"]]
+    assert len(skipped) == 1 and images[0].name in skipped[0]  # the bad image's run is one counted skip
+    assert sum(b["size"] for b in batches) == 2
+
     with pytest.raises(BadRecordError, match="does not exist"):
         write_shards([records], str(tmp_path / "strict"), on_bad_sample="raise", report=SkipReport())
+
+
+# ---------------------------------------------------------------------------------------- by-image shards
+def test_by_image_runs_ask_about_one_image_and_cover_every_image_once(corpus, by_image, processor) -> None:
+    samples_of_image = {r.image: {(s.task, s.prompt, s.target) for s in expand(r, TASKS)}
+                        for r in read_records(corpus["records"])}
+    stream = build_stream(by_image, processor, tasks_per_image=3)
+    assert len(stream) == 20
+    for position in range(len(stream)):
+        run = stream[position]
+        assert len(run) == 3 and len({sample["image_key"] for sample in run}) == 1
+        assert all(sample["pixel_values"] is run[0]["pixel_values"] for sample in run)  # decoded once
+        drawn = [(sample["task"], sample["prompt"], sample["target"]) for sample in run]
+        assert set(drawn) <= samples_of_image[run[0]["image_key"]]
+        # Another sample of the image before any repeats (every image has more than 3 of these tasks).
+        assert len(set(drawn)) == 3
+
+    batches = list(streaming_loader(build_stream(by_image, processor, tasks_per_image=2), processor, 4, 0))
+    assert [b["image_index"].tolist() for b in batches] == [[0, 0, 1, 1]] * 10
+    assert all(len(b["pixel_values"]) == 2 for b in batches)
+    images = Counter(index for b in batches for index in b["index"])
+    assert images == dict.fromkeys(range(20), 2)  # every image once per epoch, a run of two samples each
+
+
+def test_by_image_task_draws_follow_the_weights(by_image, processor) -> None:
+    stream = build_stream(by_image, processor, task_weights={"<CAPTION>": 1.0, "vqa": 3.0}, tasks_per_image=4)
+    tasks = Counter(task for b in streaming_loader(stream, processor, 8, 0) for task in b["task"])
+    assert set(tasks) == {"<CAPTION>", "<VQA>"}
+    # 80 draws (every synthetic image has captions and questions): 3 standard deviations is ~0.15.
+    assert tasks["<VQA>"] / tasks.total() == pytest.approx(0.75, abs=0.15)
+    only = build_stream(by_image, processor, tasks=["<OD>"], tasks_per_image=2)
+    assert {task for b in streaming_loader(only, processor, 4, 0) for task in b["task"]} == {"<OD>"}
+
+
+def test_by_image_runs_are_seeded_split_by_rank_and_resume_exactly(by_image, processor, monkeypatch) -> None:
+    def loader(seed: int = 3, workers: int = 0):
+        stream = build_stream(by_image, processor, seed=seed, tasks_per_image=2)
+        return streaming_loader(stream, processor, batch_size=4, num_workers=workers)
+
+    def drawn(batches) -> list[list[tuple[str, str]]]:
+        return [list(zip(b["task"], b["target"])) for b in batches]
+
+    def samples(batches) -> Counter:
+        return Counter(pair for batch in batches for pair in batch)
+
+    epoch = drawn(loader())
+    assert drawn(loader()) == epoch
+    assert samples(drawn(loader(seed=4))) != samples(epoch)  # other draws, not just another order
+    repeated = loader()
+    first, second = drawn(repeated), drawn(repeated)
+    assert first == epoch
+    # The next epoch draws anew: not just the same runs in another order.
+    assert samples(second) != samples(first)
+
+    first = loader(workers=2)
+    batches = iter(first)
+    for _ in range(2):
+        next(batches)
+    state = first.state_dict()
+    expected = drawn([next(batches), next(batches)])
+    del batches
+    resumed = loader(workers=2)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    resumed.load_state_dict(torch.load(buffer, weights_only=True))
+    batches = iter(resumed)
+    assert drawn([next(batches), next(batches)]) == expected
+
+    per_rank = []
+    for rank in (0, 1):
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setenv("GLOBAL_RANK", str(rank))
+        per_rank.append([index for b in loader() for index in b["index"]])
+    assert len(per_rank[0]) == len(per_rank[1]) > 0 and not set(per_rank[0]) & set(per_rank[1])
+
+
+def test_datamodule_streams_runs_from_by_image_shards_only(corpus, by_image, processor, tokenizer, tmp_path) -> None:
+    tokenizer.save_pretrained(tmp_path / "tokenizer")
+
+    def data(streaming_dir: str) -> Florence2DataModule:
+        return Florence2DataModule(
+            streaming_dir=streaming_dir, tokenizer=str(tmp_path / "tokenizer"), image_size=32, tasks=TASKS,
+            batch_size=4, num_workers=0, tasks_per_image=2,
+        )  # fmt: skip
+
+    model = _Recorder()
+    trainer = L.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path)
+    trainer.fit(model, datamodule=data(by_image))
+    assert model.images == [2, 2, 2] and all(len(targets) == 4 for targets in model.seen)
+
+    per_task = data(corpus["shards"])
+    per_task.setup("fit")
+    with pytest.raises(FileNotFoundError, match="shard --by-image"):
+        per_task.train_dataloader()
+    with pytest.raises(FileNotFoundError, match="written --by-image"):
+        build_stream(by_image, processor)  # one task per sample needs the per-task shards

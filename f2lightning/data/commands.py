@@ -34,7 +34,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     synthetic.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     synthetic.set_defaults(func=run_make_synthetic)
 
-    shard = subparsers.add_parser("shard", help="write per-task litdata shards for streaming training")
+    shard = subparsers.add_parser("shard", help="write litdata shards (per task, or --by-image) for streaming training")
     shard.add_argument("records", nargs="+", help="record JSONL files")
     shard.add_argument("-o", "--output", required=True, help="output folder or object-store URL (s3://...)")
     shard.add_argument("--tasks", nargs="+", default=None, help="task tokens or names (default: every task)")
@@ -42,6 +42,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     shard.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     shard.add_argument("--on-bad-sample", choices=["skip", "raise"], default="skip")
     shard.add_argument("--overwrite", action="store_true", help="replace shards already in the output")
+    shard.add_argument("--by-image", action="store_true",
+                       help="one item per image with all its samples (for data.tasks_per_image > 1)")
     shard.add_argument("--report", default=None, help="write the skip report (JSON) here")
     shard.set_defaults(func=run_shard)
 
@@ -91,6 +93,7 @@ def run_shard(args: argparse.Namespace) -> None:
         on_bad_sample=args.on_bad_sample,
         report=report,
         overwrite=args.overwrite,
+        by_image=args.by_image,
     )
     if args.report:
         report.write(args.report)

@@ -82,6 +82,7 @@ class Florence2DataModule(L.LightningDataModule):
             max_images: train on a seeded random subset of this many training images (Table 11 data scaling).
             streaming_dir: train from the per-task litdata shards `f2lightning shard` wrote there (a folder, or
                 an object-store URL when `tasks` / `task_weights` name the tasks) instead of `train_files`;
+                with `tasks_per_image` > 1, from the shards `f2lightning shard --by-image` wrote there.
                 `epoch_length`, `bucket_batches` and `max_images` do not apply (see `f2lightning.data.streaming`).
         """
         super().__init__()
@@ -98,8 +99,6 @@ class Florence2DataModule(L.LightningDataModule):
             raise ValueError(f"image_size must be a multiple of 32 (DaViT's stride), got {image_size}")
         if warmup_task_steps and streaming_dir is not None:
             raise ValueError("warmup_task_steps applies to record files, not to streaming_dir")
-        if tasks_per_image > 1 and streaming_dir is not None:
-            raise ValueError("tasks_per_image applies to record files, not to streaming_dir")
         if tasks_per_image < 1 or batch_size % tasks_per_image:
             raise ValueError(f"batch_size {batch_size} must be a positive multiple of tasks_per_image {tasks_per_image}")
         unknown = sorted((set(tasks or []) | set(task_weights or {}) | set(warmup_task_weights or {})) - set(ALL_TASKS))
@@ -185,7 +184,8 @@ class Florence2DataModule(L.LightningDataModule):
         if hp.streaming_dir is not None:  # litdata splits the stream across ranks and workers itself
             from f2lightning.data.streaming import build_stream, streaming_loader
 
-            stream = build_stream(hp.streaming_dir, self.processor, hp.tasks, hp.task_weights, hp.seed, hp.on_bad_sample)
+            stream = build_stream(hp.streaming_dir, self.processor, hp.tasks, hp.task_weights, hp.seed, hp.on_bad_sample,
+                                  hp.tasks_per_image)
             return streaming_loader(stream, self.processor, hp.batch_size, hp.num_workers)
         rank, world_size = self._rank()
         dataset = self.train_dataset

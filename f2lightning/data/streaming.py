@@ -10,14 +10,21 @@ map-style path's `Collator`, so a training step cannot tell the two paths apart.
 chunks to every rank and worker, reshuffles them each epoch and saves its exact position in
 `StreamingDataLoader.state_dict`, which Lightning's fit loop stores in every checkpoint (see
 `Florence2DataModule.state_dict`). Why litdata and not webdataset: CONTRIBUTING.md, "Streaming data".
+
+`write_shards(..., by_image=True)` (`f2lightning shard --by-image`) writes one dataset under `DIR/by_image/`
+instead, one item per image holding all its samples. That layout serves `tasks_per_image=k`: each item gives a
+run of k samples of its image (tasks drawn by weight among the image's own), so a batch encodes each image once,
+as the map-style sampler's runs do. An epoch is then every image once.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing
 import os
-from collections import defaultdict
+import random
+from collections import Counter, defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,29 +47,35 @@ log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------- writing
+BY_IMAGE_DIR = "by_image"
+
+
 @dataclass(frozen=True)
 class _ImageSamples:
-    """One image's samples of one task: the unit handed to an `optimize` worker (one file read)."""
+    """Samples of one image (of one task, or of every task when sharding by image): the unit handed to an
+    `optimize` worker (one file read)."""
 
     image_path: str
     image_size: tuple[int, int]
-    task: str
-    pairs: tuple[tuple[str, str], ...]  # (prompt, target)
+    samples: tuple[tuple[str, str, str], ...]  # (task, prompt, target)
 
 
-def _shard_items(job: _ImageSamples) -> Iterator[dict[str, Any]]:
-    data = Path(job.image_path).read_bytes()
-    # As bytes: litdata embeds (and decodes on reading) any string that names an existing image file.
-    name = job.image_path.encode()
-    for prompt, target in job.pairs:
-        yield {
-            "image": data,
-            "image_name": name,
-            "prompt": prompt,
-            "target": target,
-            "task": job.task,
-            "image_size": job.image_size,
-        }
+def _image_fields(job: _ImageSamples) -> dict[str, Any]:
+    # The name as bytes: litdata embeds (and decodes on reading) any string that names an existing image file.
+    return {"image": Path(job.image_path).read_bytes(), "image_name": job.image_path.encode(),
+            "image_size": job.image_size}
+
+
+def _sample_items(job: _ImageSamples) -> Iterator[dict[str, Any]]:
+    """Per-task layout: one item per sample."""
+    fields = _image_fields(job)
+    for task, prompt, target in job.samples:
+        yield {**fields, "prompt": prompt, "target": target, "task": task}
+
+
+def _image_item(job: _ImageSamples) -> Iterator[dict[str, Any]]:
+    """By-image layout: one item per image, its samples as JSON."""
+    yield {**_image_fields(job), "samples": json.dumps(job.samples)}
 
 
 def _image_problem(path: str) -> str | None:
@@ -85,15 +98,18 @@ def write_shards(
     on_bad_sample: OnBadSample = "skip",
     report: SkipReport | None = None,
     overwrite: bool = False,
+    by_image: bool = False,
 ) -> dict[str, int]:
-    """Write one litdata dataset per task under `out_dir/<task name>/`; returns the sample count per task.
+    """Write one litdata dataset per task under `out_dir/<task name>/`, or with `by_image` one dataset of
+    images under `out_dir/by_image/` (for `tasks_per_image` > 1); returns the sample count per task.
 
     Bad records and unreadable images are raised (`on_bad_sample='raise'`) or counted in `report`
     (reasons `missing_image`, `bad_image`, and the record reasons of `read_records`).
     """
     report = report if report is not None else SkipReport()
     wanted = [get_task(t).token for t in tasks] if tasks else None
-    jobs: dict[str, list[_ImageSamples]] = defaultdict(list)
+    samples: dict[str, list[tuple[str, str, str]]] = defaultdict(list)  # image → its samples, every record's
+    sizes: dict[str, tuple[int, int]] = {}
     for file in record_files:
         for record in read_records(file, on_bad_sample, check_images=True, report=report):
             problem = _image_problem(record.image)
@@ -103,37 +119,37 @@ def write_shards(
                     raise error
                 report.add(error)
                 continue
-            by_task: dict[str, list[tuple[str, str]]] = defaultdict(list)
-            for sample in expand(record, wanted):
-                by_task[sample.task].append((sample.prompt, sample.target))
-            for task, pairs in by_task.items():
-                jobs[task].append(_ImageSamples(record.image, record.image_size, task, tuple(pairs)))
+            samples[record.image] += [(s.task, s.prompt, s.target) for s in expand(record, wanted)]
+            sizes[record.image] = record.image_size
     if report.total:
         log.warning("shard: %s", report)
+    counts = Counter(task for image_samples in samples.values() for task, _, _ in image_samples)
+    root = out_dir.rstrip("/")
+    if by_image:
+        jobs = [_ImageSamples(image, sizes[image], tuple(found)) for image, found in samples.items() if found]
+        _optimize(_image_item, jobs, f"{root}/{BY_IMAGE_DIR}", chunk_bytes, num_workers, overwrite)
+    else:
+        per_task: dict[str, dict[str, list[tuple[str, str, str]]]] = defaultdict(lambda: defaultdict(list))
+        for image, found in samples.items():
+            for sample in found:
+                per_task[sample[0]][image].append(sample)
+        for task in (t for t in ALL_TASKS if t in per_task):
+            jobs = [_ImageSamples(image, sizes[image], tuple(found)) for image, found in per_task[task].items()]
+            _optimize(_sample_items, jobs, f"{root}/{get_task(task).name}", chunk_bytes, num_workers, overwrite)
+    return {task: counts[task] for task in ALL_TASKS if task in counts}
+
+
+def _optimize(fn, jobs: list[_ImageSamples], output_dir: str, chunk_bytes: str | int, num_workers: int,
+              overwrite: bool) -> None:
     # Workers only read files, so fork is safe; spawn would re-import torch in every worker of every task.
     start_method = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
-    counts = {}
-    for task in (t for t in ALL_TASKS if t in jobs):
-        optimize(
-            fn=_shard_items,
-            inputs=jobs[task],
-            output_dir=f"{out_dir.rstrip('/')}/{get_task(task).name}",
-            chunk_bytes=chunk_bytes,
-            num_workers=num_workers,
-            mode="overwrite" if overwrite else None,
-            start_method=start_method,
-            verbose=False,
-        )
-        counts[task] = sum(len(job.pairs) for job in jobs[task])
-    return counts
+    optimize(fn=fn, inputs=jobs, output_dir=output_dir, chunk_bytes=chunk_bytes, num_workers=num_workers,
+             mode="overwrite" if overwrite else None, start_method=start_method, verbose=False)
 
 
 # ---------------------------------------------------------------------------------------- reading
-class TaskStream(StreamingDataset):
-    """One task's shards, decoded into the dict `MultitaskDataset` returns (bad images: `{'skipped': why}`).
-
-    `index` is the item's position in its task's shards (it is not an index into any map-style dataset).
-    """
+class _ImageShards(StreamingDataset):
+    """Shards whose items carry an encoded image: shuffled, and decoded by the training processor."""
 
     def __init__(
         self,
@@ -146,25 +162,97 @@ class TaskStream(StreamingDataset):
         self.processor = processor
         self.on_bad_sample = on_bad_sample
 
-    def __getitem__(self, index: ChunkedIndex | int) -> dict[str, Any]:
-        item = super().__getitem__(index)
-        position = index.index if isinstance(index, ChunkedIndex) else index
+    def _decode(self, item: dict[str, Any]) -> tuple[str, torch.Tensor | str]:
+        """The item's image name and pixels, or why they cannot be decoded (raised with `on_bad_sample='raise'`)."""
         image_name = bytes(item["image_name"]).decode()
         try:
-            image = load_image_bytes(item["image"], image_name)
+            return image_name, self.processor.preprocess_image(load_image_bytes(item["image"], image_name))
         except BadImageError as error:
             if self.on_bad_sample == "raise":
                 raise
-            return {"skipped": str(error), "index": position}
+            return image_name, str(error)
+
+
+class TaskStream(_ImageShards):
+    """One task's shards, decoded into the dict `MultitaskDataset` returns (bad images: `{'skipped': why}`).
+
+    `index` is the item's position in its task's shards (it is not an index into any map-style dataset).
+    """
+
+    def __getitem__(self, index: ChunkedIndex | int) -> dict[str, Any]:
+        item = super().__getitem__(index)
+        position = index.index if isinstance(index, ChunkedIndex) else index
+        image_name, pixels = self._decode(item)
+        if isinstance(pixels, str):
+            return {"skipped": pixels, "index": position}
         return {
             "index": position,
             "image_key": image_name,
-            "pixel_values": self.processor.preprocess_image(image),
+            "pixel_values": pixels,
             "prompt": item["prompt"],
             "target": item["target"],
             "task": item["task"],
             "image_size": tuple(item["image_size"]),
         }
+
+
+class ImageRunStream(_ImageShards):
+    """By-image shards: each item is a run of `tasks_per_image` samples of one image (a list of the dicts
+    `TaskStream` gives; a bad image gives one `{'skipped': why}`).
+
+    Each draw picks a task by `task_weights` among the tasks the image has (without weights: in proportion to
+    its samples of each), then one of the image's samples of that task, repeating one only after all were used.
+    The draws are seeded by (seed, epoch, position), so a resumed run and every rank see the same runs.
+    An image with no sample of the tasks drawn gives an empty run (its batch is that much smaller).
+    """
+
+    def __init__(
+        self,
+        input_dir: str,
+        processor: Florence2Processor,
+        tasks_per_image: int,
+        tasks: Sequence[str] | None = None,
+        task_weights: Mapping[str, float] | None = None,
+        on_bad_sample: OnBadSample = "skip",
+        seed: int = 0,
+    ) -> None:
+        """`tasks` and `task_weights` take task tokens; the tasks drawn are those in both (where given)."""
+        super().__init__(input_dir, processor, on_bad_sample, seed)
+        self.tasks_per_image = tasks_per_image
+        self.task_weights = dict(task_weights) if task_weights else None
+        self.tasks = set(tasks or ALL_TASKS) & set(self.task_weights or ALL_TASKS)
+
+    def __getitem__(self, index: ChunkedIndex | int) -> list[dict[str, Any]]:
+        item = super().__getitem__(index)
+        position = index.index if isinstance(index, ChunkedIndex) else index
+        by_task: dict[str, list[tuple[str, str]]] = defaultdict(list)
+        for task, prompt, target in json.loads(item["samples"]):
+            if task in self.tasks:
+                by_task[task].append((prompt, target))
+        if not by_task:
+            return []
+        image_name, pixels = self._decode(item)
+        if isinstance(pixels, str):
+            return [{"skipped": pixels, "index": position}]
+        tasks = list(by_task)
+        weights = [self.task_weights[t] if self.task_weights else len(by_task[t]) for t in tasks]
+        draw = random.Random(f"{self.seed}/{self.current_epoch}/{position}")
+        unused: dict[str, list[tuple[str, str]]] = {}
+        run = []
+        for task in draw.choices(tasks, weights, k=self.tasks_per_image):
+            if not unused.get(task):
+                unused[task] = draw.sample(by_task[task], len(by_task[task]))
+            prompt, target = unused[task].pop()
+            run.append({"index": position, "image_key": image_name, "pixel_values": pixels, "prompt": prompt,
+                        "target": target, "task": task, "image_size": tuple(item["image_size"])})
+        return run
+
+
+class _RunCollator(Collator):
+    """Batches of runs: the runs' samples, in order, through the map-style `Collator`."""
+
+    def __call__(self, runs: Sequence[list[dict[str, Any]]]) -> dict[str, Any]:
+        return super().__call__([sample for run in runs for sample in run])
 
 
 def task_dirs(streaming_dir: str, tasks: Sequence[str] | None = None) -> dict[str, str]:
@@ -181,10 +269,13 @@ def task_dirs(streaming_dir: str, tasks: Sequence[str] | None = None) -> dict[st
         if missing:
             raise FileNotFoundError(f"no shards in {missing}; run `f2lightning shard`")
         return dirs
-    found = {get_task(d.name).token: str(d) for d in Path(root).iterdir() if (d / "index.json").is_file()}
+    found = {get_task(d.name).token: str(d) for d in Path(root).iterdir()
+             if (d / "index.json").is_file() and d.name != BY_IMAGE_DIR}
     if not found:
+        by_image = (Path(root) / BY_IMAGE_DIR / "index.json").is_file()
         raise FileNotFoundError(
             f"no task shards (<task>/index.json) under {streaming_dir}; run `f2lightning shard`"
+            + (" (the shards there were written --by-image: they serve data.tasks_per_image > 1)" if by_image else "")
         )
     return {t: found[t] for t in ALL_TASKS if t in found}
 
@@ -196,17 +287,28 @@ def build_stream(
     task_weights: Mapping[str, float] | None = None,
     seed: int = 0,
     on_bad_sample: OnBadSample = "skip",
-) -> CombinedStreamingDataset:
+    tasks_per_image: int = 1,
+) -> CombinedStreamingDataset | ImageRunStream:
     """The task streams under `streaming_dir` (all, or `tasks`, or the weighted ones) mixed into one.
 
     Without `task_weights` an epoch is every sample once (tasks drawn in proportion to their sizes). With
     them, each sample's task is drawn by weight and the epoch ends when the first task runs out (litdata's
     rule for weighted mixing); every rank draws the same task sequence, so all ranks stop on the same step.
+    `tasks_per_image` > 1 reads the by-image shards instead (`ImageRunStream`; an epoch is every image once).
     """
     weights = {get_task(t).token: float(w) for t, w in (task_weights or {}).items()}
     bad = {t: w for t, w in weights.items() if not w > 0}
     if bad:
         raise ValueError(f"task weights must be positive, got {bad}")
+    if tasks_per_image > 1:
+        images = f"{streaming_dir.rstrip('/')}/{BY_IMAGE_DIR}"
+        if "://" not in images and not (Path(images) / "index.json").is_file():
+            raise FileNotFoundError(
+                f"tasks_per_image={tasks_per_image} reads shards written by image, and {images} has none; "
+                "run `f2lightning shard --by-image`"
+            )
+        wanted = [get_task(t).token for t in tasks] if tasks else None
+        return ImageRunStream(images, processor, tasks_per_image, wanted, weights, on_bad_sample, seed)
     dirs = task_dirs(streaming_dir, tasks or list(weights) or None)
     if weights:  # as in MixedTaskSampler: a task without a weight is not drawn
         dirs = {t: d for t, d in dirs.items() if t in weights}
@@ -219,16 +321,21 @@ def build_stream(
 
 
 def streaming_loader(
-    dataset: CombinedStreamingDataset, processor: Florence2Processor, batch_size: int, num_workers: int
+    dataset: CombinedStreamingDataset | ImageRunStream,
+    processor: Florence2Processor,
+    batch_size: int,
+    num_workers: int,
 ) -> StreamingDataLoader:
-    """Batches of the mixed stream, tokenized and padded by the same `Collator` as the map-style path."""
+    """Batches of `batch_size` samples, tokenized and padded by the same `Collator` as the map-style path
+    (from an `ImageRunStream`: `batch_size / tasks_per_image` runs)."""
+    runs = isinstance(dataset, ImageRunStream)
     return StreamingDataLoader(
         dataset,
-        batch_size=batch_size,
+        batch_size=batch_size // dataset.tasks_per_image if runs else batch_size,
         num_workers=num_workers,
-        collate_fn=Collator(processor),
+        collate_fn=(_RunCollator if runs else Collator)(processor),
         pin_memory=torch.cuda.is_available(),
     )
 
 
-__all__ = ["TaskStream", "build_stream", "streaming_loader", "task_dirs", "write_shards"]
+__all__ = ["ImageRunStream", "TaskStream", "build_stream", "streaming_loader", "task_dirs", "write_shards"]
