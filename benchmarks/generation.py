@@ -162,7 +162,11 @@ def time_parts(model, pixels, input_ids, mask, image_index, kwargs: dict[str, An
     beams, steps = kwargs["num_beams"], kwargs["max_new_tokens"]
     with torch.inference_mode(), autocast(device, args.bf16):
         embeds, embeds_mask = model.embed_inputs(pixels, input_ids, mask, image_index)
-        encoded = language.get_encoder()(inputs_embeds=embeds, attention_mask=embeds_mask).last_hidden_state
+
+        def encode() -> torch.Tensor:
+            return language.get_encoder()(inputs_embeds=embeds, attention_mask=embeds_mask).last_hidden_state
+
+        encoded = encode()
     encoded = BaseModelOutput(last_hidden_state=encoded.repeat_interleave(beams, 0))
     rows_mask = embeds_mask.repeat_interleave(beams, 0)
 
@@ -181,7 +185,7 @@ def time_parts(model, pixels, input_ids, mask, image_index, kwargs: dict[str, An
 
     parts = {
         "image_encoder": inference(lambda: model.encode_image(pixels)),
-        "bart_encoder": inference(lambda: language.get_encoder()(inputs_embeds=embeds, attention_mask=embeds_mask)),
+        "bart_encoder": inference(encode),
         f"decoder_{steps}_passes": inference(decode),
     }
     sides = [Side(name, run) for name, run in parts.items()]

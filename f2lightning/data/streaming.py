@@ -172,6 +172,13 @@ class _ImageShards(StreamingDataset):
                 raise
             return image_name, str(error)
 
+    @staticmethod
+    def _sample(position: int, image_name: str, pixels: torch.Tensor, item: dict[str, Any], task: str, prompt: str,
+                target: str) -> dict[str, Any]:
+        """The dict `MultitaskDataset` returns; `index` is the item's position in its shards."""
+        return {"index": position, "image_key": image_name, "pixel_values": pixels, "prompt": prompt,
+                "target": target, "task": task, "image_size": tuple(item["image_size"])}
+
 
 class TaskStream(_ImageShards):
     """One task's shards, decoded into the dict `MultitaskDataset` returns (bad images: `{'skipped': why}`).
@@ -185,15 +192,7 @@ class TaskStream(_ImageShards):
         image_name, pixels = self._decode(item)
         if isinstance(pixels, str):
             return {"skipped": pixels, "index": position}
-        return {
-            "index": position,
-            "image_key": image_name,
-            "pixel_values": pixels,
-            "prompt": item["prompt"],
-            "target": item["target"],
-            "task": item["task"],
-            "image_size": tuple(item["image_size"]),
-        }
+        return self._sample(position, image_name, pixels, item, item["task"], item["prompt"], item["target"])
 
 
 class ImageRunStream(_ImageShards):
@@ -242,9 +241,7 @@ class ImageRunStream(_ImageShards):
         for task in draw.choices(tasks, weights, k=self.tasks_per_image):
             if not unused.get(task):
                 unused[task] = draw.sample(by_task[task], len(by_task[task]))
-            prompt, target = unused[task].pop()
-            run.append({"index": position, "image_key": image_name, "pixel_values": pixels, "prompt": prompt,
-                        "target": target, "task": task, "image_size": tuple(item["image_size"])})
+            run.append(self._sample(position, image_name, pixels, item, task, *unused[task].pop()))
         return run
 
 
