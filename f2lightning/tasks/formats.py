@@ -21,6 +21,7 @@ from typing import Any
 
 from f2lightning.tasks.geometry import clockwise_polygon, clockwise_quad, normalise_box
 from f2lightning.tasks.locations import LOCATION_PATTERN, dequantize_bins, format_locations, parse_bin
+from f2lightning.tasks.text import label_problem, ocr_text_problem
 
 ImageSize = Sequence[float]
 
@@ -109,7 +110,7 @@ def _polygon_parts(parts: Sequence[Sequence[float]], image_size: ImageSize) -> s
 def _consecutive_groups(labels: Sequence[str], items: Sequence[Any]) -> Iterator[tuple[str, list[Any]]]:
     """Runs of items sharing a (checked, stripped) label, in order."""
     _check_lengths(items, labels)
-    labels = [_checked_label(label, "<\n") for label in labels]
+    labels = [_checked_label(label) for label in labels]
     group: list[Any] = []
     for i, (label, item) in enumerate(zip(labels, items)):
         group.append(item)
@@ -118,19 +119,19 @@ def _consecutive_groups(labels: Sequence[str], items: Sequence[Any]) -> Iterator
             group = []
 
 
-def _checked_label(label: str, forbidden: str) -> str:
-    """The stripped label; the parser drops labels that are empty or hold `<` or a line break, so refuse them."""
-    stripped = label.strip()
-    if not stripped or any(c in stripped for c in forbidden):
-        raise ValueError(f"label {label!r} cannot be written: it must be non-empty without {forbidden!r}")
-    return stripped
+def _checked_label(label: str) -> str:
+    """The stripped label; one the parser would not read back is refused (`f2lightning.tasks.text`)."""
+    problem = label_problem(label)
+    if problem:
+        raise ValueError(f"label {label!r} cannot be written: it {problem} (must be non-empty, without '<')")
+    return label.strip()
 
 
 def _checked_ocr_text(text: str) -> str:
-    stripped = _checked_label(text, "\n")
-    if LOCATION_PATTERN.search(stripped):
-        raise ValueError(f"OCR text {text!r} holds a location token")
-    return stripped
+    problem = ocr_text_problem(text)
+    if problem:
+        raise ValueError(f"OCR text {text!r} cannot be written: it {problem} (must be non-empty, one line)")
+    return text.strip()
 
 
 def _check_lengths(items: Sequence[Any], labels: Sequence[str]) -> None:
