@@ -1,4 +1,18 @@
-"""VQA soft accuracy with the answer normalisation of the official VQA evaluation (``vqaEval.py``)."""
+"""VQA soft accuracy exactly as the official VQA evaluation (``vqaEval.py``) computes it.
+
+The reference is ``PythonEvaluationTools/vqaEvaluation/vqaEval.py`` of github.com/GT-Vision-Lab/VQA at commit
+a013f0043c1e2cdc995922dfe257f7149aa9af06 ("Fixed processing answers bug", 2021-03-11), the current version. Per
+question it strips the answers (``\\n``, ``\\t``, surrounding space), then:
+
+- when the humans gave more than one distinct answer, the human answers *and* the prediction get the full
+  normalisation (punctuation, lower case, number words to digits, articles dropped, contractions);
+- when all humans agree, nothing is normalised: the stripped prediction must equal their answer exactly
+  (``"Yes."`` against ten ``"yes"`` scores 0).
+
+The version before that commit normalised the prediction always and the human answers only for punctuation, so
+a correct ``"none"`` scored 0 (the prediction became ``"0"``); no benchmark server we evaluate for uses it, and
+it is gone. ``docs/evaluation.md`` lists official-script cases with their scores (tested in tests/test_metrics.py).
+"""
 
 from __future__ import annotations
 
@@ -47,8 +61,9 @@ _NUMBER_WORDS = {
 }  # fmt: skip
 _ARTICLES = frozenset(["a", "an", "the"])
 _PUNCT = ';/[]"{}()=+\\_-><@`,?!'
-_PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")
-_COMMA_STRIP = re.compile(r"(\d)(,)(\d)")
+# The script is Python 2, where ``\d`` without re.UNICODE means ASCII digits only.
+_PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)", re.ASCII)
+_COMMA_STRIP = re.compile(r"(\d)(,)(\d)", re.ASCII)
 
 
 def _clean(answer: str) -> str:
@@ -82,25 +97,26 @@ def vqa_accuracy(prediction: str, answers: Sequence[str], normalize_references: 
     """Soft accuracy of one prediction against the human ``answers`` (10 for VQAv2 / TextVQA / VizWiz).
 
     ``min(1, #matching humans / 3)`` averaged over the leave-one-human-out subsets, e.g. 2 of 10 humans
-    agreeing gives ``(8 * 2/3 + 2 * 1/3) / 10 = 0.6``. The prediction always gets the full normalisation.
-    References, with ``normalize_references=False`` (the official VQAv2 ``vqaEval.py``), only get
-    :func:`process_punctuation` and only when the humans disagree (VQAv2 answers are already normalised);
-    with ``True`` they get the full normalisation too, as TextVQA's evaluation does (use it for TextVQA and
-    VizWiz, whose answers are raw).
+    agreeing gives ``(8 * 2/3 + 2 * 1/3) / 10 = 0.6``. With ``normalize_references=False`` answers are compared
+    as the current official ``vqaEval.py`` does (module docstring): fully normalised on both sides when the
+    humans disagree, stripped only when they all agree. With ``True`` both sides are always fully normalised,
+    as TextVQA's evaluation does (its configs and VizWiz's set it; their answers are raw).
     """
-    pred = normalize_vqa_answer(prediction)
+    if not answers:
+        raise ValueError("a VQA question needs at least one human answer")
+    pred = _clean(prediction)
     refs = [_clean(answer) for answer in answers]
-    if normalize_references:
+    if normalize_references or len(set(refs)) > 1:
+        pred = normalize_vqa_answer(pred)
         refs = [normalize_vqa_answer(answer) for answer in refs]
-    elif len(set(refs)) > 1:
-        refs = [process_punctuation(answer) for answer in refs]
     matches = sum(ref == pred for ref in refs)
-    # Leaving out human i leaves ``matches - (refs[i] == pred)`` matching humans among the others.
+    # Leaving out human i leaves ``matches - (refs[i] == pred)`` matching humans among the others (the script
+    # leaves out the one answer record; VQAv2's records differ by ``answer_id`` even when their texts agree).
     return sum(min(1.0, (matches - (ref == pred)) / 3) for ref in refs) / len(refs)
 
 
 class VQAAccuracy(Metric):
-    """VQAv2 soft accuracy (official ``vqaEval.py``); the same formula serves TextVQA and VizWiz.
+    """VQAv2 soft accuracy (current official ``vqaEval.py``); the same formula serves TextVQA and VizWiz.
 
     See :func:`vqa_accuracy` for the formula and ``normalize_references``. ``compute`` returns
     ``{'accuracy': tensor}`` in [0, 1] (the official script reports it x100).
