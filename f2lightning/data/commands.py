@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import logging
 import os
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
-from f2lightning.data.converters import CONVERTERS, ConversionReport, get_converter
+from f2lightning.data.converters import CONVERTERS, ConversionError, ConversionReport, get_converter
 from f2lightning.data.records import SkipReport, write_records
 from f2lightning.data.synthetic import SyntheticConfig, make_synthetic
+
+log = logging.getLogger(__name__)
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
@@ -34,7 +38,9 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     synthetic.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     synthetic.set_defaults(func=run_make_synthetic)
 
-    shard = subparsers.add_parser("shard", help="write litdata shards (per task, or --by-image) for streaming training")
+    shard = subparsers.add_parser(
+        "shard", help="write litdata shards (per task, or --by-image) for streaming training"
+    )
     shard.add_argument("records", nargs="+", help="record JSONL files")
     shard.add_argument("-o", "--output", required=True, help="output folder or object-store URL (s3://...)")
     shard.add_argument("--tasks", nargs="+", default=None, help="task tokens or names (default: every task)")
@@ -42,23 +48,35 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     shard.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     shard.add_argument("--on-bad-sample", choices=["skip", "raise"], default="skip")
     shard.add_argument("--overwrite", action="store_true", help="replace shards already in the output")
-    shard.add_argument("--by-image", action="store_true",
-                       help="one item per image with all its samples (for data.tasks_per_image > 1)")
+    shard.add_argument(
+        "--by-image",
+        action="store_true",
+        help="one item per image with all its samples (for data.tasks_per_image > 1)",
+    )
     shard.add_argument("--report", default=None, help="write the skip report (JSON) here")
     shard.set_defaults(func=run_shard)
 
 
-def run_convert(args: argparse.Namespace) -> None:
+def run_convert(args: argparse.Namespace) -> int:
+    """Exit status 2 with a one-line message when an input file is not in its format, as for a
+    wrong command line: the message names the file, and a traceback would only bury it."""
     converter = get_converter(args.format)
     accepted = inspect.signature(converter.convert).parameters
     report = ConversionReport()
-    records = converter.convert(**{k: v for k, v in vars(args).items() if k in accepted}, report=report)
+    try:
+        records = converter.convert(**{k: v for k, v in vars(args).items() if k in accepted}, report=report)
+    except ConversionError as error:
+        print(f"f2lightning convert {args.format}: error: {error}", file=sys.stderr)
+        return 2
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     for record in records:  # image paths relative to the JSONL, so the pair can move together
         record.image = os.path.relpath(os.path.abspath(record.image), out.parent.resolve())
     write_records(records, out)
+    for reason, examples in sorted(report.examples.items()):
+        log.warning("dropped %d %s, e.g. %s", report.dropped[reason], reason, "; ".join(examples))
     print(f"{args.format}: wrote {out}: {report}")
+    return 0
 
 
 def run_make_synthetic(args: argparse.Namespace) -> None:

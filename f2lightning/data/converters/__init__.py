@@ -1,6 +1,12 @@
 """Converters from public dataset formats into the record schema, registered by format name."""
 
 from f2lightning.data.converters import coco, flickr30k, icdar, refcoco, vqa  # noqa: F401  (registers)
-from f2lightning.data.converters.base import CONVERTERS, ConversionReport, Converter, get_converter
+from f2lightning.data.converters.base import (
+    CONVERTERS,
+    ConversionError,
+    ConversionReport,
+    Converter,
+    get_converter,
+)
 
-__all__ = ["CONVERTERS", "ConversionReport", "Converter", "get_converter"]
+__all__ = ["CONVERTERS", "ConversionError", "ConversionReport", "Converter", "get_converter"]

@@ -1,13 +1,21 @@
-"""COCO instances (boxes, polygons, RLE, iscrowd) and COCO captions, incl. Karpathy splits."""
+"""COCO instances (boxes, polygons, RLE, iscrowd) and COCO captions, incl. Karpathy splits.
+
+What a malformed file gives: the keys that tie the file together (the ``images`` /
+``annotations`` / ``categories`` lists, each image's ``id``, ``file_name``, ``width``, ``height``,
+each category's ``id`` and ``name``, each annotation's ``image_id``) missing or mistyped, or an id
+used twice, is a :class:`ConversionError` naming the file and the entry. One annotation whose own
+values cannot be used (its ``bbox``, ``segmentation``, ``iscrowd``, ``category_id`` or caption) is
+dropped and counted by reason, so one bad annotation among good ones does not stop a conversion.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 from collections import defaultdict
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 from pycocotools import mask as mask_utils
@@ -15,15 +23,85 @@ from pycocotools import mask as mask_utils
 from f2lightning.data.converters.base import (
     ConversionReport,
     Converter,
+    JsonFile,
+    checked_records,
     image_path,
+    is_finite_numbers,
+    is_number,
     read_image_size,
     register_converter,
-    with_report,
 )
 from f2lightning.data.geometry import clip_points, mask_to_polygons
 from f2lightning.data.schema import Record, Region
 
 CrowdPolicy = Literal["skip", "keep"]
+
+
+class BadAnnotation(Exception):
+    """One annotation that cannot be converted; ``reason`` is the key it is counted under."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class CocoImage(NamedTuple):
+    file_name: str
+    width: int
+    height: int
+
+
+@dataclass
+class CocoFile:
+    """A COCO-style JSON (instances, captions; RefCOCO's ``instances.json``) checked for the
+    structure every entry relies on. ``annotations`` pairs each annotation with a label that
+    names it in reports (its id, else its position)."""
+
+    json: JsonFile
+    images: dict[int | str, CocoImage]
+    annotations: list[tuple[str, dict]]
+    categories: dict[int | str, str]
+
+    @classmethod
+    def read(cls, path: str | os.PathLike, *, categories: bool) -> CocoFile:
+        """Duplicate annotation ids are an error rather than a counted drop: pycocotools indexes
+        annotations by id (a repeated one silently replaces the first in ``COCO.anns``) and
+        MMDetection refuses such files ("Annotation ids ... are not unique"), so the file is
+        broken for the tools its records are compared with, and which copy is right is unknown.
+        Ids are optional (hand-written files leave them out); when present they must be unique."""
+        coco = JsonFile(path)
+        entries = coco.entries(coco.data, "images")
+        images = {
+            image_id: CocoImage(
+                coco.string(image, "file_name", f"images[{i}]"),
+                coco.size(image, "width", f"images[{i}]"),
+                coco.size(image, "height", f"images[{i}]"),
+            )
+            for i, (image_id, image) in enumerate(coco.index(entries, "id", "images").items())
+        }
+        names = {}
+        if categories:
+            entries = coco.entries(coco.data, "categories")
+            for i, (category_id, category) in enumerate(coco.index(entries, "id", "categories").items()):
+                names[category_id] = coco.string(category, "name", f"categories[{i}]")
+        entries = coco.entries(coco.data, "annotations")
+        coco.index(entries, "id", "annotations", required=False)
+        annotations = []
+        for i, ann in enumerate(entries):
+            coco.identifier(ann, "image_id", f"annotations[{i}]")
+            annotations.append((f"annotation {ann['id']!r}" if "id" in ann else f"annotations[{i}]", ann))
+        return cls(coco, images, annotations, names)
+
+    def by_image(self, report: ConversionReport) -> dict[int | str, list[tuple[str, dict]]]:
+        """Annotations grouped by image; those whose ``image_id`` is not in ``images`` are
+        counted as ``annotation_without_image``."""
+        grouped = defaultdict(list)
+        for label, ann in self.annotations:
+            if ann["image_id"] in self.images:
+                grouped[ann["image_id"]].append((label, ann))
+            else:
+                report.drop("annotation_without_image", example=f"{label}: image_id {ann['image_id']!r}")
+        return grouped
 
 
 def coco_box(bbox: list[float], width: int, height: int) -> list[float] | None:
@@ -33,38 +111,118 @@ def coco_box(bbox: list[float], width: int, height: int) -> list[float] | None:
     return box if box[2] > box[0] and box[3] > box[1] else None
 
 
+def rle_string_counts(counts: str) -> list[int] | None:
+    """Run lengths of a compressed COCO RLE string (pycocotools' ``rleFrString`` in Python), or
+    None when it is not one: a character outside the alphabet, a run cut off, a negative run."""
+    runs: list[int] = []
+    p = 0
+    while p < len(counts):
+        x = k = 0
+        more = True
+        while more:
+            if p == len(counts):
+                return None
+            c = ord(counts[p]) - 48
+            if not 0 <= c < 64:
+                return None
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)
+        if len(runs) > 2:  # runs after the second are stored as differences
+            x += runs[-2]
+        if x < 0:
+            return None
+        runs.append(x)
+    return runs
+
+
+def coco_rle(segmentation: dict, width: int, height: int) -> dict:
+    """A COCO RLE (compressed or not) checked and ready for ``mask_utils.decode``.
+
+    pycocotools' C decoder trusts the run lengths: runs that do not add up to the image's
+    pixels give a mask of uninitialised memory (or a crash), and its string parser reads past
+    a run cut off at the end. So the runs are checked here first; a mask of another size than
+    its image is refused too (its polygons would be in other pixels).
+    """
+    size, counts = segmentation.get("size"), segmentation.get("counts")
+    runs = rle_string_counts(counts) if isinstance(counts, str) else counts
+    if (
+        size != [height, width]
+        or not isinstance(runs, list)
+        or not all(isinstance(r, int) and not isinstance(r, bool) and r >= 0 for r in runs)
+        or sum(runs) != width * height
+    ):
+        raise BadAnnotation("bad_segmentation")
+    if isinstance(counts, str):
+        return {"size": [height, width], "counts": counts.encode("ascii")}
+    return mask_utils.frPyObjects({"size": [height, width], "counts": runs}, height, width)
+
+
 def coco_polygons(segmentation: Any, width: int, height: int, report: ConversionReport) -> list[list[float]]:
     """Polygons of a COCO segmentation, whatever its encoding.
 
     Polygon lists are clipped to the image; RLE (compressed or not, the crowd encoding) is
     decoded with pycocotools and traced by :func:`mask_to_polygons` (outer boundaries, holes
-    dropped, staircases simplified at 1 px).
+    dropped, staircases simplified at 1 px). A missing segmentation gives no polygons; one that
+    is neither polygons of numbers nor a valid RLE raises :class:`BadAnnotation`.
     """
+    if segmentation is None:
+        return []
     if isinstance(segmentation, list):
+        if not all(isinstance(p, list) and all(is_number(v) for v in p) for p in segmentation):
+            raise BadAnnotation("bad_segmentation")
         polygons = [clip_points(p, width, height) for p in segmentation]
         # Clamping keeps NaN as NaN: such a polygon cannot be repaired, only dropped and counted.
         finite = [p for p in polygons if all(math.isfinite(v) for v in p)]
-        if len(finite) < len(polygons):
-            report.drop("non_finite_polygon", len(polygons) - len(finite))
+        report.drop("non_finite_polygon", len(polygons) - len(finite))
         kept = [p for p in finite if len(p) >= 6 and len(p) % 2 == 0]
         report.drop("polygon_under_3_points", len(finite) - len(kept))
         return kept
-    if isinstance(segmentation, dict) and "counts" in segmentation:
-        rle = segmentation
-        if isinstance(rle["counts"], list):
-            rle = mask_utils.frPyObjects(rle, *rle["size"])
-        elif isinstance(rle["counts"], str):
-            rle = {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
+    if isinstance(segmentation, dict):
+        rle = coco_rle(segmentation, width, height)
         return mask_to_polygons(np.asarray(mask_utils.decode(rle), dtype=bool))
-    return []
+    raise BadAnnotation("bad_segmentation")
 
 
+def coco_region(
+    ann: dict, categories: dict[int | str, str], image: CocoImage, report: ConversionReport
+) -> Region:
+    """The region of one instance annotation (box, category, polygons); raises
+    :class:`BadAnnotation` with the reason it cannot be one."""
+    category_id = ann.get("category_id")
+    if (
+        isinstance(category_id, bool)
+        or not isinstance(category_id, int | str)
+        or category_id not in categories
+    ):
+        raise BadAnnotation("unknown_category")
+    if not is_finite_numbers(ann.get("bbox"), 4):
+        raise BadAnnotation("bad_bbox")
+    box = coco_box(ann["bbox"], image.width, image.height)
+    if box is None:
+        raise BadAnnotation("box_without_area")
+    polygons = coco_polygons(ann.get("segmentation"), image.width, image.height, report)
+    return Region(box=box, category=categories[category_id], polygons=polygons)
+
+
+def is_crowd(ann: dict) -> bool:
+    """COCO's ``iscrowd`` (0 when absent); any value other than 0 / 1 raises :class:`BadAnnotation`."""
+    crowd = ann.get("iscrowd", 0)
+    if crowd not in (0, 1):
+        raise BadAnnotation("bad_iscrowd")
+    return bool(crowd)
+
+
+@checked_records
 def convert_coco_instances(
     annotations: str | os.PathLike,
     image_dir: str | os.PathLike,
     *,
     crowd: CrowdPolicy = "skip",
-    report: ConversionReport | None = None,
+    report: ConversionReport,
 ) -> list[Record]:
     """One record per annotated image of a COCO ``instances_*.json``.
 
@@ -72,104 +230,105 @@ def convert_coco_instances(
     and as OD targets they would teach one box for many objects); ``'keep'`` keeps them with
     polygons traced from their RLE mask.
     """
-    report = with_report(report)
-    with open(annotations, encoding="utf-8") as f:
-        coco = json.load(f)
-    names = {c["id"]: c["name"] for c in coco.get("categories", [])}
-    by_image = defaultdict(list)
-    for ann in coco.get("annotations", []):
-        by_image[ann["image_id"]].append(ann)
+    coco = CocoFile.read(annotations, categories=True)
+    by_image = coco.by_image(report)
     records = []
-    for image in coco["images"]:
-        w, h = image["width"], image["height"]
+    for image_id, image in coco.images.items():
         regions = []
-        for ann in by_image.get(image["id"], []):
-            if ann.get("iscrowd") and crowd == "skip":
-                report.drop("crowd_region")
-                continue
-            box = coco_box(ann["bbox"], w, h)
-            if box is None:
-                report.drop("box_without_area")
-                continue
-            polygons = coco_polygons(ann.get("segmentation"), w, h, report)
-            regions.append(Region(box=box, category=names[ann["category_id"]], polygons=polygons))
+        for label, ann in by_image.get(image_id, []):
+            try:
+                if is_crowd(ann) and crowd == "skip":
+                    report.drop("crowd_region")
+                    continue
+                regions.append(coco_region(ann, coco.categories, image, report))
+            except BadAnnotation as bad:
+                report.drop(bad.reason, example=label)
         if not regions:
             report.drop("image_without_regions")
             continue
         records.append(
             Record(
-                image=image_path(image_dir, image["file_name"]),
-                width=w,
-                height=h,
-                id=str(image["id"]),
+                image=image_path(image_dir, image.file_name),
+                width=image.width,
+                height=image.height,
+                id=str(image_id),
                 source="coco-instances",
                 regions=regions,
             )
         )
-    report.records += len(records)
     return records
 
 
+@checked_records
 def convert_coco_captions(
-    captions: str | os.PathLike, image_dir: str | os.PathLike, *, report: ConversionReport | None = None
+    captions: str | os.PathLike, image_dir: str | os.PathLike, *, report: ConversionReport
 ) -> list[Record]:
-    """One record per image of a COCO ``captions_*.json``; all captions are brief texts."""
-    report = with_report(report)
-    with open(captions, encoding="utf-8") as f:
-        coco = json.load(f)
-    by_image = defaultdict(list)
-    for ann in coco["annotations"]:
-        text = ann["caption"].strip()
-        if text:
-            by_image[ann["image_id"]].append(text)
-        else:
-            report.drop("empty_caption")
+    """One record per image of a COCO ``captions_*.json``; all captions are brief texts.
+    A caption that is not a string is dropped as ``bad_caption``, a blank one as ``empty_caption``."""
+    coco = CocoFile.read(captions, categories=False)
+    texts_by_image = defaultdict(list)
+    for image_id, anns in coco.by_image(report).items():
+        for label, ann in anns:
+            text = ann.get("caption")
+            if not isinstance(text, str):
+                report.drop("bad_caption", example=label)
+            elif text.strip():
+                texts_by_image[image_id].append(text.strip())
+            else:
+                report.drop("empty_caption")
     records = []
-    for image in coco["images"]:
-        texts = by_image.get(image["id"])
+    for image_id, image in coco.images.items():
+        texts = texts_by_image.get(image_id)
         if not texts:
             report.drop("image_without_captions")
             continue
         records.append(
             Record(
-                image=image_path(image_dir, image["file_name"]),
-                width=image["width"],
-                height=image["height"],
-                id=str(image["id"]),
+                image=image_path(image_dir, image.file_name),
+                width=image.width,
+                height=image.height,
+                id=str(image_id),
                 source="coco-captions",
                 texts={"brief": texts},
             )
         )
-    report.records += len(records)
     return records
 
 
+@checked_records
 def convert_karpathy(
     dataset: str | os.PathLike,
     image_dir: str | os.PathLike,
     *,
     splits: list[str] | None = None,
-    report: ConversionReport | None = None,
+    report: ConversionReport,
 ) -> list[Record]:
     """Karpathy's ``dataset_coco.json`` (also ``dataset_flickr30k.json``): captions per image with
     a ``split`` of train / restval / val / test, kept when in ``splits`` (all when None).
 
     The file stores no image sizes, so they are read from the image headers under
     ``image_dir/<filepath>/<filename>``; images that cannot be read are dropped and counted.
+    Each image entry needs a ``filename`` and a ``sentences`` list (else a :class:`ConversionError`);
+    a sentence whose ``raw`` is not a string is dropped as ``bad_caption``.
     """
-    report = with_report(report)
-    with open(dataset, encoding="utf-8") as f:
-        data = json.load(f)
+    data = JsonFile(dataset)
     records = []
-    for image in data["images"]:
+    for i, image in enumerate(data.entries(data.data, "images")):
+        where = f"images[{i}]"
         if splits is not None and image.get("split") not in splits:
             continue
-        path = image_path(image_dir, os.path.join(image.get("filepath", ""), image["filename"]))
+        name = os.path.join(
+            data.string(image, "filepath", where, default=""), data.string(image, "filename", where)
+        )
+        sentences = data.entries(image, "sentences", where)
+        path = image_path(image_dir, name)
         size = read_image_size(path)
         if size is None:
-            report.drop("missing_image")
+            report.drop("missing_image", example=path)
             continue
-        texts = [s["raw"].strip() for s in image["sentences"] if s["raw"].strip()]
+        raws = [s.get("raw") for s in sentences]
+        report.drop("bad_caption", sum(not isinstance(raw, str) for raw in raws), example=where)
+        texts = [raw.strip() for raw in raws if isinstance(raw, str) and raw.strip()]
         if not texts:
             report.drop("image_without_captions")
             continue
@@ -180,11 +339,10 @@ def convert_karpathy(
                 width=size[0],
                 height=size[1],
                 id=None if image_id is None else str(image_id),
-                source=f"karpathy-{data.get('dataset', 'coco')}-{image.get('split')}",
+                source=f"karpathy-{data.data.get('dataset', 'coco')}-{image.get('split')}",
                 texts={"brief": texts},
             )
         )
-    report.records += len(records)
     return records
 
 

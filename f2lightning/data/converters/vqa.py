@@ -4,62 +4,102 @@ and TextCaps captions (same single-JSON layout as TextVQA)."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from collections import defaultdict
 
 from f2lightning.data.converters.base import (
     ConversionReport,
     Converter,
+    JsonFile,
+    checked_records,
     image_path,
     read_image_size,
     register_converter,
-    with_report,
 )
 from f2lightning.data.schema import Record, VqaPair
 
 VQAV2_IMAGE_PATTERN = "COCO_{data_subtype}_{image_id:012d}.jpg"
 
 
+def question_text(entry: dict, key: str, report: ConversionReport, example: str) -> str | None:
+    """The stripped question of an entry, or None after counting why there is none
+    (``bad_question``: not a string, ``empty_question``: blank)."""
+    question = entry.get(key)
+    if not isinstance(question, str):
+        report.drop("bad_question", example=example)
+        return None
+    if not question.strip():
+        report.drop("empty_question", example=example)
+        return None
+    return question.strip()
+
+
+def answer_texts(answers: object, report: ConversionReport, example: str) -> list[str]:
+    """The non-blank answers of a list of strings; anything else is counted as ``bad_answers``
+    (and gives none)."""
+    if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
+        report.drop("bad_answers", example=example)
+        return []
+    return [a.strip() for a in answers if a.strip()]
+
+
+@checked_records
 def convert_vqav2(
     questions: str | os.PathLike,
     annotations: str | os.PathLike,
     image_dir: str | os.PathLike,
     *,
     image_pattern: str = VQAV2_IMAGE_PATTERN,
-    report: ConversionReport | None = None,
+    report: ConversionReport,
 ) -> list[Record]:
     """One record per image with all its question / answers pairs.
 
     Image files are named by ``image_pattern`` (formatted with ``image_id`` and the questions
     file's ``data_subtype``, e.g. ``train2014``); the JSON has no image sizes, so they are read
     from the image headers and unreadable images are dropped and counted.
+
+    Either file without its list (``questions`` / ``annotations``), an entry without an integer
+    or string ``question_id`` / ``image_id``, or a question id used twice is a
+    :class:`ConversionError` naming the file; a question whose text or answers cannot be used is
+    dropped and counted.
     """
-    report = with_report(report)
-    with open(questions, encoding="utf-8") as f:
-        qdata = json.load(f)
-    with open(annotations, encoding="utf-8") as f:
-        answers = {a["question_id"]: a for a in json.load(f)["annotations"]}
+    qfile, afile = JsonFile(questions), JsonFile(annotations)
+    answers = afile.index(afile.entries(afile.data, "annotations"), "question_id", "annotations")
+    entries = qfile.entries(qfile.data, "questions")
+    qfile.index(entries, "question_id", "questions")
     by_image = defaultdict(list)
-    for q in qdata["questions"]:
+    for i, q in enumerate(entries):
+        image_id = qfile.identifier(q, "image_id", f"questions[{i}]")
+        label = f"question {q['question_id']!r}"
         ann = answers.get(q["question_id"])
-        texts = [a["answer"].strip() for a in ann["answers"] if a["answer"].strip()] if ann else []
-        if not texts:
-            report.drop("question_without_answers")
+        raw = ann.get("answers") if ann else []
+        if isinstance(raw, list) and all(isinstance(a, dict) for a in raw):
+            raw = [a.get("answer") for a in raw]
+        texts = answer_texts(raw, report, label)
+        question = question_text(q, "question", report, label)
+        if question is None:
             continue
-        by_image[q["image_id"]].append(VqaPair(question=q["question"].strip(), answers=texts))
-    subtype = qdata.get("data_subtype", "")
+        if not texts:
+            report.drop("question_without_answers", example=label)
+            continue
+        by_image[image_id].append(VqaPair(question=question, answers=texts))
+    subtype = qfile.data.get("data_subtype", "")
     records = []
     for image_id, pairs in by_image.items():
-        path = image_path(image_dir, image_pattern.format(image_id=image_id, data_subtype=subtype))
+        try:
+            name = image_pattern.format(image_id=image_id, data_subtype=subtype)
+        except (ValueError, KeyError, IndexError) as error:  # e.g. {image_id:012d} given a string id
+            raise qfile.error(
+                f"image_id {image_id!r} does not fit the image pattern {image_pattern!r} ({error})"
+            ) from None
+        path = image_path(image_dir, name)
         size = read_image_size(path)
         if size is None:
-            report.drop("missing_image", len(pairs))
+            report.drop("missing_image", len(pairs), example=path)
             continue
         records.append(
             Record(image=path, width=size[0], height=size[1], id=str(image_id), source="vqav2", vqa=pairs)
         )
-    report.records += len(records)
     return records
 
 
@@ -68,44 +108,51 @@ def textvqa_image_file(entry: dict) -> str:
     return entry.get("image_path") or f"{entry['image_id']}.jpg"
 
 
+@checked_records
 def convert_textvqa(
-    annotations: str | os.PathLike, image_dir: str | os.PathLike, *, report: ConversionReport | None = None
+    annotations: str | os.PathLike, image_dir: str | os.PathLike, *, report: ConversionReport
 ) -> list[Record]:
     """TextVQA ``TextVQA_0.5.1_train.json``: ``{"data": [{question, image_id, answers,
-    image_width, image_height}, ...]}``; one record per image."""
-    report = with_report(report)
-    with open(annotations, encoding="utf-8") as f:
-        entries = json.load(f)["data"]
-    images: dict[str, Record] = {}
-    for e in entries:
-        texts = [a.strip() for a in e.get("answers", []) if a.strip()]
-        if not texts:
-            report.drop("question_without_answers")
+    image_width, image_height}, ...]}``; one record per image. An entry without its image
+    fields is a :class:`ConversionError` naming the file; a question whose text or answers
+    cannot be used is dropped and counted (the test split has no answers)."""
+    data = JsonFile(annotations)
+    images: dict[int | str, Record] = {}
+    for i, e in enumerate(data.entries(data.data, "data")):
+        record = _text_image_record(images, data, e, f"data[{i}]", image_dir, "textvqa")
+        label = f"question {e.get('question_id', i)!r}"
+        texts = answer_texts(e.get("answers", []), report, label)
+        question = question_text(e, "question", report, label)
+        if question is None:
             continue
-        record = _text_image_record(images, e, image_dir, "textvqa")
-        record.vqa.append(VqaPair(question=e["question"].strip(), answers=texts))
-    report.records += len(images)
-    return list(images.values())
+        if not texts:
+            report.drop("question_without_answers", example=label)
+            continue
+        record.vqa.append(VqaPair(question=question, answers=texts))
+    # Images made for entries that were all dropped have no pairs; they are not records.
+    return [r for r in images.values() if r.vqa]
 
 
+@checked_records
 def convert_textcaps(
-    annotations: str | os.PathLike, image_dir: str | os.PathLike, *, report: ConversionReport | None = None
+    annotations: str | os.PathLike, image_dir: str | os.PathLike, *, report: ConversionReport
 ) -> list[Record]:
     """TextCaps ``TextCaps_0.1_train.json``: one entry per caption (``caption_str``) with the
-    image's ``image_id``, size and ``image_path``; one record per image, captions as brief texts."""
-    report = with_report(report)
-    with open(annotations, encoding="utf-8") as f:
-        entries = json.load(f)["data"]
-    images: dict[str, Record] = {}
-    for e in entries:
-        caption = (e.get("caption_str") or "").strip()
-        if not caption:  # the test split has no captions
+    image's ``image_id``, size and ``image_path``; one record per image, captions as brief texts.
+    An entry without its image fields is a :class:`ConversionError` naming the file; a caption
+    that is not a string is dropped as ``bad_caption``."""
+    data = JsonFile(annotations)
+    images: dict[int | str, Record] = {}
+    for i, e in enumerate(data.entries(data.data, "data")):
+        record = _text_image_record(images, data, e, f"data[{i}]", image_dir, "textcaps")
+        caption = e.get("caption_str")
+        if caption is not None and not isinstance(caption, str):
+            report.drop("bad_caption", example=f"data[{i}]")
+        elif not (caption or "").strip():  # the test split has no captions
             report.drop("entry_without_caption")
-            continue
-        record = _text_image_record(images, e, image_dir, "textcaps")
-        record.texts.setdefault("brief", []).append(caption)
-    report.records += len(images)
-    return list(images.values())
+        else:
+            record.texts.setdefault("brief", []).append(caption.strip())
+    return [r for r in images.values() if r.texts]
 
 
 def _vqav2_arguments(parser: argparse.ArgumentParser) -> None:
@@ -132,14 +179,25 @@ register_converter(Converter("textvqa", "TextVQA json", convert_textvqa, _single
 register_converter(Converter("textcaps", "TextCaps json", convert_textcaps, _single_json_arguments))
 
 
-def _text_image_record(images: dict[str, Record], entry: dict, image_dir: str | os.PathLike, source: str) -> Record:
-    """The record of an entry's image, made on first sight (TextVQA and TextCaps share the image layout)."""
-    if entry["image_id"] not in images:
-        images[entry["image_id"]] = Record(
-            image=image_path(image_dir, textvqa_image_file(entry)),
-            width=int(entry["image_width"]),
-            height=int(entry["image_height"]),
-            id=str(entry["image_id"]),
+def _text_image_record(
+    images: dict[int | str, Record],
+    data: JsonFile,
+    entry: dict,
+    where: str,
+    image_dir: str | os.PathLike,
+    source: str,
+) -> Record:
+    """The record of an entry's image, made on first sight (TextVQA and TextCaps share the image
+    layout); the image fields are checked on every entry, as they are the file's structure."""
+    image_id = data.identifier(entry, "image_id", where)
+    width, height = data.size(entry, "image_width", where), data.size(entry, "image_height", where)
+    name = data.string(entry, "image_path", where, default=textvqa_image_file(entry))
+    if image_id not in images:
+        images[image_id] = Record(
+            image=image_path(image_dir, name),
+            width=width,
+            height=height,
+            id=str(image_id),
             source=source,
         )
-    return images[entry["image_id"]]
+    return images[image_id]
