@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from f2lightning.data.commands import register_cli
 from f2lightning.data.expand import ALL_TASKS, expand
 from f2lightning.data.geometry import bounding_box, signed_area
 from f2lightning.data.records import read_records
-from f2lightning.data.synthetic import PALETTE, SyntheticConfig, make_synthetic, render_scene
+from f2lightning.data.synthetic import MIN_IMAGE_SIZE, PALETTE, SyntheticConfig, make_synthetic, render_scene
 
 
 def digest(folder) -> dict[str, str]:
@@ -46,9 +47,11 @@ def test_splits_and_files(tmp_path) -> None:
         assert image.size == (256, 256) and image.mode == "RGB"
 
 
-@pytest.mark.parametrize("difficulty", ["easy", "hard"])
-def test_annotations_are_geometrically_right(difficulty: str) -> None:
-    config = SyntheticConfig.preset(difficulty)
+@pytest.mark.parametrize(
+    ("difficulty", "size"), [("easy", 256), ("hard", 256), ("easy", 64), ("hard", MIN_IMAGE_SIZE)]
+)
+def test_annotations_are_geometrically_right(difficulty: str, size: int) -> None:
+    config = replace(SyntheticConfig.preset(difficulty), image_size=size)
     for index in range(30):
         image, record = render_scene(index, 0, config)
         pixels = np.asarray(image)
@@ -65,7 +68,7 @@ def test_annotations_are_geometrically_right(difficulty: str) -> None:
             assert tuple(pixels[cy, cx]) == PALETTE[color]
         for line in record.ocr:
             q = line.quad
-            assert all(0 <= v <= 256 for v in q)
+            assert all(0 <= v <= size for v in q)
             assert q[0] == min(q[0::2]) and q[1] == min(q[1::2]), "starts at the top-left"
             assert signed_area(q) > 0, "clockwise"
         for grounding in record.groundings:
@@ -94,27 +97,28 @@ def test_answers_match_the_scene() -> None:
         assert answers[f"how many {kind}s are there?"] == str(sum(r.category == kind for r in record.regions))
 
 
-def test_cli(tmp_path, capsys) -> None:
+def make_synthetic_command(*argv: str) -> None:
     parser = argparse.ArgumentParser()
     register_cli(parser.add_subparsers())
-    args = parser.parse_args(
-        [
-            "make-synthetic",
-            "-o",
-            str(tmp_path),
-            "--images",
-            "6",
-            "--seed",
-            "2",
-            "--format",
-            "jpeg",
-            "--image-size",
-            "128",
-            "--workers",
-            "1",
-        ]
-    )
+    args = parser.parse_args(["make-synthetic", *argv])
     args.func(args)
+
+
+def test_cli(tmp_path, capsys) -> None:
+    make_synthetic_command(
+        "-o",
+        str(tmp_path),
+        "--images",
+        "6",
+        "--seed",
+        "2",
+        "--format",
+        "jpeg",
+        "--image-size",
+        "128",
+        "--workers",
+        "1",
+    )
     assert "images/s" in capsys.readouterr().out
     records = read_records(tmp_path / "train.jsonl", check_images=True) + read_records(tmp_path / "val.jsonl")
     assert len(records) == 6 and records[0].image.endswith(".jpg") and records[0].width == 128
@@ -123,3 +127,20 @@ def test_cli(tmp_path, capsys) -> None:
 def test_bad_config() -> None:
     with pytest.raises(ValueError, match="unknown"):
         SyntheticConfig(shapes=("hexagon",))
+
+
+def test_small_images_scale_the_text_down_and_keep_every_task(tmp_path) -> None:
+    # 64 px used to fail inside numpy: a 22 px text line did not fit. Lines now use a smaller font (OCR
+    # samples are among the tasks).
+    make_synthetic_command("-o", str(tmp_path), "--images", "20", "--image-size", "64", "--workers", "1")
+    records = read_records(tmp_path / "train.jsonl", check_images=True) + read_records(tmp_path / "val.jsonl")
+    assert len(records) == 20 and {(r.width, r.height) for r in records} == {(64, 64)}
+    with Image.open(records[0].image) as image:
+        assert image.size == (64, 64)
+    assert {s.task for r in records for s in expand(r)} == set(ALL_TASKS)
+
+
+def test_image_size_below_the_minimum_is_refused_naming_the_option(tmp_path) -> None:
+    with pytest.raises(ValueError, match=rf"--image-size\) must be at least {MIN_IMAGE_SIZE} pixels, got 16"):
+        make_synthetic_command("-o", str(tmp_path), "--images", "2", "--image-size", "16", "--workers", "1")
+    assert not (tmp_path / "train.jsonl").exists()

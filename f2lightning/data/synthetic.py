@@ -60,11 +60,17 @@ VOCABULARY = [
 BACKGROUND = (25, 25, 25)
 TEXT_COLOR = (255, 255, 255)
 CIRCLE_VERTICES = 24
+MARGIN = 0.03  # of the image side, kept free along the border
+# Below this the smallest shapes of the presets (0.12 of the side, half as tall for ellipses) round to
+# boxes of no area, which the record schema rejects.
+MIN_IMAGE_SIZE = 32
+MIN_FONT_SIZE = 6  # smaller glyphs are no longer legible letters, so no text line could be read
 
 
 @dataclass(frozen=True)
 class SyntheticConfig:
-    """Scene knobs. Sizes are fractions of the image side."""
+    """Scene knobs. Sizes are fractions of the image side, except ``font_size`` (pixels): on images too
+    small for its widest possible line the font is made smaller, down to ``MIN_FONT_SIZE``."""
 
     image_size: int = 256
     min_shapes: int = 1
@@ -106,6 +112,11 @@ class SyntheticConfig:
         return presets[difficulty]
 
     def __post_init__(self) -> None:
+        if self.image_size < MIN_IMAGE_SIZE:
+            raise ValueError(
+                f"image_size (--image-size) must be at least {MIN_IMAGE_SIZE} pixels, got {self.image_size}: "
+                "smaller shapes round to boxes without area"
+            )
         unknown = (set(self.shapes) - set(SHAPES)) | (set(self.colors) - set(PALETTE))
         if unknown:
             raise ValueError(f"unknown shapes / colours {sorted(unknown)}")
@@ -158,6 +169,24 @@ def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     return ImageFont.load_default(size=size)
 
 
+@lru_cache(maxsize=8)
+def _text_font(cfg: SyntheticConfig) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """``cfg.font_size``, or the largest smaller font in which the widest possible line fits the image.
+
+    One font for the whole dataset (a function of the config only), so images stay alike; where the config
+    fits, as at the default 256 pixels, this is ``cfg.font_size`` and the output is unchanged.
+    """
+    room = cfg.image_size * (1 - 2 * MARGIN)
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    for size in range(cfg.font_size, MIN_FONT_SIZE - 1, -1):
+        font = _font(size)
+        widest = sorted(VOCABULARY, key=lambda w: draw.textlength(w, font=font))[-cfg.max_words_per_line :]
+        left, _, right, _ = draw.textbbox((0, 0), " ".join(widest), font=font)
+        if right - left <= room:
+            return font
+    return _font(min(cfg.font_size, MIN_FONT_SIZE))  # lines longer than the image are then left out
+
+
 def _overlaps(a: list[float], b: list[float], gap: float) -> bool:
     return a[0] < b[2] + gap and b[0] < a[2] + gap and a[1] < b[3] + gap and b[1] < a[3] + gap
 
@@ -165,8 +194,10 @@ def _overlaps(a: list[float], b: list[float], gap: float) -> bool:
 def _place(
     rng: np.random.Generator, w: float, h: float, size: int, taken: list[list[float]]
 ) -> list[float] | None:
-    """A box of ``w x h`` inside the image, clear of ``taken`` boxes; None after 50 tries."""
-    margin, gap = 0.03 * size, 0.04 * size
+    """A box of ``w x h`` inside the image, clear of ``taken`` boxes; None if it cannot fit or after 50 tries."""
+    margin, gap = MARGIN * size, 0.04 * size
+    if max(w, h) > size - 2 * margin:
+        return None
     for _ in range(50):
         x0 = rng.uniform(margin, size - margin - w)
         y0 = rng.uniform(margin, size - margin - h)
@@ -228,7 +259,7 @@ def render_scene(
     for s in shapes:
         draw.polygon(list(zip(s.polygon[0::2], s.polygon[1::2])), fill=PALETTE[s.color])
 
-    font = _font(cfg.font_size)
+    font = _text_font(cfg)
     lines: list[OcrLine] = []
     for _ in range(int(rng.integers(0, cfg.max_text_lines + 1))):
         words = rng.choice(VOCABULARY, size=int(rng.integers(1, cfg.max_words_per_line + 1)), replace=False)
