@@ -18,6 +18,7 @@ from f2lightning.data.schema import (
     Region,
     VqaPair,
 )
+from f2lightning.tasks import get_task
 
 words = st.text(alphabet="abcdefgh xyzé漢", min_size=1, max_size=12).filter(str.strip)
 
@@ -121,3 +122,104 @@ def test_validation_names_the_place(fields: dict, reason: str, message: str) -> 
 def test_missing_image_field() -> None:
     with pytest.raises(BadRecordError, match=r"x\.jsonl:3: image must be a non-empty string"):
         Record.from_json({"width": 1, "height": 1}, "x.jsonl:3")
+
+
+BOX = [1, 1, 2, 2]
+
+
+@pytest.mark.parametrize(
+    ("fields", "field", "why"),
+    [
+        ({"regions": [{"box": BOX, "category": "a<b"}]}, "regions[0].category", "holds '<'"),
+        ({"regions": [{"box": BOX, "category": " \t"}]}, "regions[0].category", "only whitespace"),
+        ({"regions": [{"box": BOX, "phrase": "two\nlines"}]}, "regions[0].phrase", "holds '\\n'"),
+        ({"regions": [{"box": BOX, "brief": "<b>bold"}]}, "regions[0].brief", "holds '<'"),
+        ({"regions": [{"box": BOX, "referring": ["ok", "the <dog>"]}]}, "regions[0].referring[1]", "'<'"),
+        (
+            {"groundings": [{"text": "a  dog", "phrases": [{"span": [1, 2], "boxes": [BOX]}]}]},
+            "groundings[0].phrases[0] (its span's text)",
+            "only whitespace",
+        ),
+        ({"ocr": [{"quad": [0] * 8, "text": "EXIT<loc_5>"}]}, "ocr[0].text", "location token"),
+        ({"ocr": [{"quad": [0] * 8, "text": "EX\nIT"}]}, "ocr[0].text", "holds '\\n'"),
+    ],
+    ids=[
+        "category<",
+        "category-blank",
+        "phrase-newline",
+        "brief<",
+        "referring<",
+        "span-blank",
+        "ocr-loc",
+        "ocr-newline",
+    ],
+)
+def test_text_the_task_language_cannot_write_is_rejected(fields: dict, field: str, why: str) -> None:
+    # These used to validate and then crash setup with a ValueError from the serializers, naming no line.
+    with pytest.raises(BadRecordError) as info:
+        Record.from_json(minimal(**fields), "data.jsonl:4")
+    assert info.value.reason == "unwritable_text"
+    assert str(info.value).startswith(f"data.jsonl:4: {field} ")
+    assert why in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"texts": {"brief": ["a dog", "   "]}},
+        {"vqa": [{"question": " \n", "answers": ["yes"]}]},
+        {"vqa": [{"question": "why?", "answers": ["yes", "\t"]}]},
+        {"groundings": [{"text": "  ", "phrases": []}]},
+    ],
+    ids=["caption", "question", "answer", "grounding-text"],
+)
+def test_whitespace_only_text_is_rejected_as_blank(fields: dict) -> None:
+    # It used to train as an empty target (or prompt); now the record is counted as `blank_text`.
+    with pytest.raises(BadRecordError, match=r"^data\.jsonl:9: .* is only whitespace") as info:
+        Record.from_json(minimal(**fields), "data.jsonl:9")
+    assert info.value.reason == "blank_text"
+
+
+def test_ocr_text_may_hold_angle_brackets() -> None:
+    # The quad-box parser reads a line's text up to its location tokens, so '<' is writable there.
+    record = Record.from_json(minimal(ocr=[{"quad": [0, 0, 9, 0, 9, 9, 0, 9], "text": "a < b"}]))
+    assert record.ocr[0].text == "a < b"
+
+
+TRICKY = [
+    "dog",
+    " dog ",
+    "",
+    " ",
+    "a<b",
+    "<",
+    "a>b",
+    "two\nlines",
+    "tail\n",
+    "\r",
+    "<loc_5>",
+    "x<loc_5>",
+    "{input}",
+]
+
+
+@pytest.mark.parametrize("text", TRICKY)
+def test_the_schema_accepts_exactly_the_labels_the_serializers_can_write(text: str) -> None:
+    def validates(**fields) -> bool:
+        try:
+            Record.from_json(minimal(**fields))
+        except BadRecordError:
+            return False
+        return True
+
+    def writes(token: str, annotation: dict) -> bool:
+        try:
+            get_task(token).serialize(annotation, (100, 50))
+        except ValueError:
+            return False
+        return True
+
+    box = {"bboxes": [BOX], "labels": [text]}
+    assert validates(regions=[{"box": BOX, "category": text}]) == writes("<OD>", box)
+    quad = {"quad_boxes": [[0] * 8], "labels": [text]}
+    assert validates(ocr=[{"quad": [0] * 8, "text": text}]) == writes("<OCR_WITH_REGION>", quad)

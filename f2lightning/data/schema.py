@@ -36,8 +36,11 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from f2lightning.tasks.text import label_problem, ocr_text_problem
 
 GRANULARITIES = ("brief", "detailed", "more_detailed")
 
@@ -158,7 +161,9 @@ class Record:
         Raises :class:`BadRecordError` naming ``where`` (``file:line``) on anything a training
         step could choke on: missing / mistyped fields, boxes outside the image or with no area,
         NaN coordinates, polygons with fewer than 3 points, phrase spans outside their text,
-        and categories not in ``categories`` (when given).
+        categories not in ``categories`` (when given), captions / questions / answers that are
+        only whitespace (``blank_text``), and labels the task language cannot write into a
+        target (``unwritable_text``: see :mod:`f2lightning.tasks.text`).
         """
         return _Validator(where, categories).record(data)
 
@@ -227,8 +232,8 @@ class _Validator:
             raise self.fail("bad_field", f"{name} must be a list, got {type(value).__name__}")
         return value
 
-    def strings(self, value: Any, name: str) -> list[str]:
-        return [self.string(v, f"{name}[{i}]") for i, v in enumerate(self.array(value, name))]
+    def strings(self, value: Any, name: str, item: Callable[[Any, str], str]) -> list[str]:
+        return [item(v, f"{name}[{i}]") for i, v in enumerate(self.array(value, name))]
 
     # -- scalars ----------------------------------------------------------------------------
     def string(self, value: Any, name: str) -> str:
@@ -242,6 +247,24 @@ class _Validator:
         if allow_int and isinstance(value, int) and not isinstance(value, bool):
             return str(value)
         return self.string(value, name)
+
+    def free_text(self, value: Any, name: str) -> str:
+        """A caption, question or answer: trained as written, so blank text would teach an empty answer."""
+        text = self.string(value, name)
+        if not text.strip():
+            raise self.fail("blank_text", f"{name} {text!r} is only whitespace")
+        return text
+
+    def label(self, value: Any, name: str, problem: Callable[[str], str | None] = label_problem) -> str:
+        """Text that becomes a label in a target (box label, OCR line): the task language's own rule."""
+        text = self.string(value, name)
+        why = problem(text)
+        if why:
+            raise self.fail("unwritable_text", f"{name} {text!r} cannot be written in a target: it {why}")
+        return text
+
+    def optional_label(self, value: Any, name: str) -> str | None:
+        return None if value is None else self.label(value, name)
 
     def boolean(self, value: Any, name: str) -> bool:
         if not isinstance(value, bool):
@@ -299,27 +322,28 @@ class _Validator:
             raise self.fail(
                 "bad_field", f"texts has unknown granularity {sorted(unknown)}; use {GRANULARITIES}"
             )
-        return {k: self.strings(v, f"texts.{k}") for k, v in texts.items()}
+        return {k: self.strings(v, f"texts.{k}", self.free_text) for k, v in texts.items()}
 
     def region(self, value: Any, i: int) -> Region:
         name = f"regions[{i}]"
         r = self.obj(value, name)
-        category = self.optional_string(r.get("category"), f"{name}.category")
+        # Category, phrase, brief text and expressions all become box labels (OD, dense captions, REC).
+        category = self.optional_label(r.get("category"), f"{name}.category")
         if category is not None and self.categories is not None and category not in self.categories:
             raise self.fail("unknown_category", f"{name}.category {category!r} is not in the category list")
         return Region(
             box=self.box(r.get("box"), f"{name}.box"),
             category=category,
-            phrase=self.optional_string(r.get("phrase"), f"{name}.phrase"),
-            brief=self.optional_string(r.get("brief"), f"{name}.brief"),
+            phrase=self.optional_label(r.get("phrase"), f"{name}.phrase"),
+            brief=self.optional_label(r.get("brief"), f"{name}.brief"),
             polygons=self.polygons(r["polygons"], f"{name}.polygons") if "polygons" in r else [],
-            referring=self.strings(r.get("referring", []), f"{name}.referring"),
+            referring=self.strings(r.get("referring", []), f"{name}.referring", self.label),
         )
 
     def grounding(self, value: Any, i: int) -> Grounding:
         name = f"groundings[{i}]"
         g = self.obj(value, name)
-        text = self.string(g.get("text"), f"{name}.text")
+        text = self.free_text(g.get("text"), f"{name}.text")
         granularity = g.get("granularity", "brief")
         if granularity not in GRANULARITIES:
             raise self.fail("bad_field", f"{name}.granularity {granularity!r} is not one of {GRANULARITIES}")
@@ -336,6 +360,8 @@ class _Validator:
                 raise self.fail(
                     "bad_span", f"{pname}.span {span} is not a character range of a {len(text)}-char text"
                 )
+            # the phrase becomes a box label of the grounding target
+            self.label(text[span[0] : span[1]], f"{pname} (its span's text)")
             boxes = self.array(p.get("boxes"), f"{pname}.boxes")
             if not boxes:
                 raise self.fail("bad_box", f"{pname}.boxes is empty")
@@ -353,15 +379,15 @@ class _Validator:
         o = self.obj(value, name)
         quad = self.numbers(o.get("quad"), f"{name}.quad", length=8)
         self.inside(quad, f"{name}.quad", "quad_outside_image")
-        return OcrLine(quad=quad, text=self.string(o.get("text"), f"{name}.text"))
+        return OcrLine(quad=quad, text=self.label(o.get("text"), f"{name}.text", ocr_text_problem))
 
     def vqa_pair(self, value: Any, i: int) -> VqaPair:
         name = f"vqa[{i}]"
         q = self.obj(value, name)
-        answers = self.strings(q.get("answers"), f"{name}.answers")
+        answers = self.strings(q.get("answers"), f"{name}.answers", self.free_text)
         if not answers:
             raise self.fail("bad_field", f"{name}.answers is empty")
-        return VqaPair(question=self.string(q.get("question"), f"{name}.question"), answers=answers)
+        return VqaPair(question=self.free_text(q.get("question"), f"{name}.question"), answers=answers)
 
 
 def _fmt(values: list[float]) -> str:
