@@ -28,6 +28,9 @@ BAD_LINES = {
         {**GOOD, "regions": [{"box": [1, 2, 3, 4], "polygons": [[1, 2, 3, 4]]}]}
     ).encode(),
     "unknown_category": json.dumps({**GOOD, "regions": [{"box": [1, 2, 3, 4], "category": "cat"}]}).encode(),
+    # used to pass validation, then crash setup in the serializers with no file or line
+    "unwritable_text": json.dumps({**GOOD, "regions": [{"box": [1, 2, 3, 4], "category": "dog<"}]}).encode(),
+    "blank_text": json.dumps({**GOOD, "texts": {"brief": [" "]}}).encode(),  # used to train as ""
 }
 
 
@@ -88,3 +91,36 @@ def test_report_keeps_only_a_few_examples() -> None:
 def test_unknown_mode(tmp_path) -> None:
     with pytest.raises(ValueError, match="on_bad_sample"):
         read_records(write_file(tmp_path, b""), "ignore")
+
+
+@pytest.mark.parametrize(
+    "line",
+    [b"[" * 100_000 + b"]" * 100_000, b'{"image": "img.png", "width": ' + b"9" * 5000 + b', "height": 48}'],
+    ids=["nested-100000-deep", "5000-digit-integer"],
+)
+def test_json_python_cannot_decode_is_a_malformed_line(tmp_path, line: bytes) -> None:
+    # Valid JSON that Python's decoder refuses (RecursionError, ValueError) counts like any malformed line.
+    path = write_file(tmp_path, line)
+    with pytest.raises(BadRecordError, match=r"^data\.jsonl:2: malformed JSON: ") as info:
+        read_records(path, "raise")
+    assert info.value.reason == "malformed_json"
+    report = SkipReport()
+    assert len(read_records(path, "skip", report=report)) == 2
+    assert report.counts == {"malformed_json": 1}
+
+
+def test_a_byte_order_mark_before_the_first_record_is_read_past(tmp_path) -> None:
+    # Files saved as "UTF-8 with BOM" used to lose their first record as malformed JSON.
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(GOOD).encode() + b"\n" + json.dumps(GOOD).encode() + b"\n")
+    report = SkipReport()
+    records = read_records(path, "skip", report=report)
+    assert len(records) == 2 and report.total == 0
+    assert records[0].regions == records[1].regions
+
+
+def test_a_byte_order_mark_later_in_the_file_is_not_a_record(tmp_path) -> None:
+    path = write_file(tmp_path, b"\xef\xbb\xbf" + json.dumps(GOOD).encode())
+    with pytest.raises(BadRecordError, match=r"^data\.jsonl:2: malformed JSON") as info:
+        read_records(path, "raise")
+    assert info.value.reason == "malformed_json"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import json
 import logging
 import os
@@ -75,6 +76,8 @@ def read_records(
     with open(path, "rb") as f:
         for number, raw in enumerate(f, start=1):
             where = f"{path.name}:{number}"
+            if number == 1:  # editors on Windows start UTF-8 files with a byte-order mark ('utf-8-sig')
+                raw = raw.removeprefix(codecs.BOM_UTF8)
             try:
                 record = _parse_line(raw, where, known)
                 if record is None:
@@ -106,6 +109,10 @@ def _parse_line(raw: bytes, where: str, categories: set[str] | None) -> Record |
         data = json.loads(line)
     except json.JSONDecodeError as e:
         raise BadRecordError(where, "malformed_json", f"malformed JSON: {e.msg} at column {e.colno}") from e
+    except RecursionError as e:  # a record is a few levels deep; thousands of nested brackets are not one
+        raise BadRecordError(where, "malformed_json", "malformed JSON: nested too deeply to decode") from e
+    except ValueError as e:  # valid JSON that Python refuses, e.g. an integer of more than 4300 digits
+        raise BadRecordError(where, "malformed_json", f"malformed JSON: {e}") from e
     return Record.from_json(data, where, categories)
 
 
