@@ -75,7 +75,8 @@ def test_new_epoch_reshuffles_and_resume_skips_done_batches():
     assert list(batches) != epoch0
     sampler.set_epoch(0)
     batches.resume(epoch=0, batches_done=3)
-    assert len(batches) == 7
+    # The length stays the whole epoch's: Lightning counts the 3 restored batches itself and ends the epoch at 10.
+    assert len(batches) == 10
     assert list(batches) == epoch0[3:]
     assert list(batches) == epoch0  # the skip applies to the interrupted pass only
 
@@ -354,10 +355,10 @@ def test_speed_options_compute_the_same_loss_and_gradients(synthetic, option):
 # ---------------------------------------------------------------------------- exact resume
 class RecordIndices(L.Callback):
     def __init__(self):
-        self.seen: list[list[int]] = []
+        self.seen: list[list[int]] = []  # [epoch, *indices] per batch
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self.seen.append(list(batch["index"]))
+        self.seen.append([trainer.current_epoch, *batch["index"]])
 
 
 class StopAt(L.Callback):
@@ -373,34 +374,38 @@ def _lr(trainer: L.Trainer) -> float:
     return trainer.optimizers[0].param_groups[0]["lr"]
 
 
-def test_exact_resume_mid_epoch(synthetic, tmp_path, recwarn):
-    steps = 8
+def test_exact_resume_late_in_epochs_twice_past_two_epoch_ends(synthetic, tmp_path, recwarn):
+    # 24 samples in runs of two, batch 4: 6 batches an epoch. Interrupted at step 5 (one batch before the end of
+    # epoch 0) and at step 11 (one before the end of epoch 1), the run must still train epochs of 6 batches, each
+    # batch once, and end where the uninterrupted run ends.
+    steps, stops = 14, (5, 11)
 
-    def data():  # the captions-first warm-up runs past the resume point; same-image runs of two
-        return helpers.datamodule(synthetic, warmup_task_weights={"<CAPTION>": 1}, warmup_task_steps=6, tasks_per_image=2)
+    def data():  # the captions-first warm-up runs past the first resume point; same-image runs of two
+        return helpers.datamodule(synthetic, epoch_length=24, warmup_task_weights={"<CAPTION>": 1},
+                                  warmup_task_steps=6, tasks_per_image=2)
 
     L.seed_everything(0)
     straight_lit, straight_seen = helpers.module(), RecordIndices()
     straight = helpers.trainer(tmp_path / "a", steps, callbacks=[straight_seen])
     straight.fit(straight_lit, data())
+    assert [batch[0] for batch in straight_seen.seen] == [0] * 6 + [1] * 6 + [2] * 2  # the epoch of each batch
 
-    L.seed_everything(0)
-    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=steps // 2, save_top_k=-1)
-    first = helpers.trainer(tmp_path / "b", steps, callbacks=[checkpoint, StopAt(steps // 2)], enable_checkpointing=True)
-    first.fit(helpers.module(), data())
-    assert first.global_step == steps // 2
-    saved = next((tmp_path / "ckpt").glob("*.ckpt"))
+    seen, saved = [], None
+    for attempt, stop in enumerate((*stops, steps)):
+        L.seed_everything(123 * attempt)  # the same initial weights; resuming must not depend on the RNG state
+        lit, recorder = helpers.module(), RecordIndices()
+        checkpoint = ModelCheckpoint(dirpath=tmp_path / f"ckpt{attempt}", every_n_train_steps=stop, save_top_k=-1)
+        run = helpers.trainer(tmp_path / f"run{attempt}", steps, callbacks=[checkpoint, recorder, StopAt(stop)],
+                              enable_checkpointing=True)
+        run.fit(lit, data(), ckpt_path=saved)
+        assert run.global_step == stop
+        seen += recorder.seen
+        saved = next((tmp_path / f"ckpt{attempt}").glob(f"*step={stop}.ckpt"))
 
-    L.seed_everything(123)  # resuming must not depend on the process's RNG state
-    resumed_lit, resumed_seen = helpers.module(), RecordIndices()
-    resumed = helpers.trainer(tmp_path / "c", steps, callbacks=[resumed_seen])
-    resumed.fit(resumed_lit, data(), ckpt_path=saved)
-
-    assert resumed.global_step == steps
-    assert resumed_seen.seen == straight_seen.seen[steps // 2 :]
+    assert seen == straight_seen.seen
     assert not [w for w in recwarn if "not resumable" in str(w.message)]  # the datamodule resumes the loader
-    assert _lr(resumed) == pytest.approx(_lr(straight), rel=1e-9)
-    for (name, a), b in zip(straight_lit.model.state_dict().items(), resumed_lit.model.state_dict().values(), strict=True):
+    assert _lr(run) == pytest.approx(_lr(straight), rel=1e-9)
+    for (name, a), b in zip(straight_lit.model.state_dict().items(), lit.model.state_dict().values(), strict=True):
         assert torch.allclose(a, b, atol=1e-6), name
 
 

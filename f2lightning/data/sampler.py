@@ -173,7 +173,10 @@ class ResumableBatchSampler:
         return self.skip if self.sampler.epoch == self.resume_epoch else 0
 
     def __len__(self) -> int:
-        return max(len(self.sampler) // self.batch_size - self._skip(), 0)
+        # The whole epoch, also while resuming: Lightning restores its own count of the batches done and ends the
+        # epoch when that count reaches this length (it reads the length once, for every later epoch too), so
+        # subtracting the skipped batches here would count them twice.
+        return len(self.sampler) // self.batch_size
 
     def plan(self) -> list[list[int]]:
         stream = list(self.sampler)
