@@ -32,6 +32,15 @@ class ConversionError(ValueError):
         self.path = os.fspath(path)
 
 
+class BadAnnotation(Exception):
+    """One annotation (a COCO instance, a question, ...) that cannot be converted; the converter
+    drops it and counts it under ``reason``."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
 @dataclass
 class ConversionReport:
     """Counts of what a converter left out and why (crowd boxes, don't-care text, ...): a

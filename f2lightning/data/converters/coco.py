@@ -21,6 +21,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from f2lightning.data.converters.base import (
+    BadAnnotation,
     ConversionReport,
     Converter,
     JsonFile,
@@ -35,14 +36,6 @@ from f2lightning.data.geometry import clip_points, mask_to_polygons
 from f2lightning.data.schema import Record, Region
 
 CrowdPolicy = Literal["skip", "keep"]
-
-
-class BadAnnotation(Exception):
-    """One annotation that cannot be converted; ``reason`` is the key it is counted under."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
 
 
 class CocoImage(NamedTuple):

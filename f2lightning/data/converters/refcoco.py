@@ -9,6 +9,7 @@ from collections import defaultdict
 from typing import Any
 
 from f2lightning.data.converters.base import (
+    BadAnnotation,
     ConversionError,
     ConversionReport,
     Converter,
@@ -16,7 +17,7 @@ from f2lightning.data.converters.base import (
     image_path,
     register_converter,
 )
-from f2lightning.data.converters.coco import BadAnnotation, CocoFile, coco_region
+from f2lightning.data.converters.coco import CocoFile, coco_region
 from f2lightning.data.schema import Record
 
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 import argparse
 import os
 from collections import defaultdict
+from typing import Any
 
 from f2lightning.data.converters.base import (
+    BadAnnotation,
     ConversionReport,
     Converter,
     JsonFile,
@@ -21,26 +23,26 @@ from f2lightning.data.schema import Record, VqaPair
 VQAV2_IMAGE_PATTERN = "COCO_{data_subtype}_{image_id:012d}.jpg"
 
 
-def question_text(entry: dict, key: str, report: ConversionReport, example: str) -> str | None:
-    """The stripped question of an entry, or None after counting why there is none
-    (``bad_question``: not a string, ``empty_question``: blank)."""
-    question = entry.get(key)
+def question_text(entry: dict) -> str:
+    """The stripped ``question`` of an entry; raises :class:`BadAnnotation` (``bad_question``:
+    not a string, ``empty_question``: blank)."""
+    question = entry.get("question")
     if not isinstance(question, str):
-        report.drop("bad_question", example=example)
-        return None
+        raise BadAnnotation("bad_question")
     if not question.strip():
-        report.drop("empty_question", example=example)
-        return None
+        raise BadAnnotation("empty_question")
     return question.strip()
 
 
-def answer_texts(answers: object, report: ConversionReport, example: str) -> list[str]:
-    """The non-blank answers of a list of strings; anything else is counted as ``bad_answers``
-    (and gives none)."""
+def answer_texts(answers: Any) -> list[str]:
+    """The non-blank answers of a list of strings; raises :class:`BadAnnotation`
+    (``bad_answers``: not a list of strings, ``question_without_answers``: none left)."""
     if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
-        report.drop("bad_answers", example=example)
-        return []
-    return [a.strip() for a in answers if a.strip()]
+        raise BadAnnotation("bad_answers")
+    texts = [a.strip() for a in answers if a.strip()]
+    if not texts:
+        raise BadAnnotation("question_without_answers")
+    return texts
 
 
 @checked_records
@@ -70,19 +72,14 @@ def convert_vqav2(
     by_image = defaultdict(list)
     for i, q in enumerate(entries):
         image_id = qfile.identifier(q, "image_id", f"questions[{i}]")
-        label = f"question {q['question_id']!r}"
         ann = answers.get(q["question_id"])
         raw = ann.get("answers") if ann else []
-        if isinstance(raw, list) and all(isinstance(a, dict) for a in raw):
+        if isinstance(raw, list) and all(isinstance(a, dict) for a in raw):  # VQAv2: [{"answer": ...}]
             raw = [a.get("answer") for a in raw]
-        texts = answer_texts(raw, report, label)
-        question = question_text(q, "question", report, label)
-        if question is None:
-            continue
-        if not texts:
-            report.drop("question_without_answers", example=label)
-            continue
-        by_image[image_id].append(VqaPair(question=question, answers=texts))
+        try:
+            by_image[image_id].append(VqaPair(question=question_text(q), answers=answer_texts(raw)))
+        except BadAnnotation as bad:
+            report.drop(bad.reason, example=f"question {q['question_id']!r}")
     subtype = qfile.data.get("data_subtype", "")
     records = []
     for image_id, pairs in by_image.items():
@@ -120,15 +117,10 @@ def convert_textvqa(
     images: dict[int | str, Record] = {}
     for i, e in enumerate(data.entries(data.data, "data")):
         record = _text_image_record(images, data, e, f"data[{i}]", image_dir, "textvqa")
-        label = f"question {e.get('question_id', i)!r}"
-        texts = answer_texts(e.get("answers", []), report, label)
-        question = question_text(e, "question", report, label)
-        if question is None:
-            continue
-        if not texts:
-            report.drop("question_without_answers", example=label)
-            continue
-        record.vqa.append(VqaPair(question=question, answers=texts))
+        try:
+            record.vqa.append(VqaPair(question=question_text(e), answers=answer_texts(e.get("answers", []))))
+        except BadAnnotation as bad:  # the test split has no answers
+            report.drop(bad.reason, example=f"question {e.get('question_id', i)!r}")
     # Images made for entries that were all dropped have no pairs; they are not records.
     return [r for r in images.values() if r.vqa]
 
