@@ -3,17 +3,31 @@
 from __future__ import annotations
 
 import argparse
+import inspect
+import io
 import json
 import pickle
+import pickletools
+import re
+import struct
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from f2lightning.cli import main
 from f2lightning.data.commands import register_cli
-from f2lightning.data.converters import CONVERTERS, ConversionReport, get_converter
-from f2lightning.data.converters.coco import convert_coco_captions, convert_coco_instances, convert_karpathy
+from f2lightning.data.converters import CONVERTERS, ConversionError, ConversionReport, get_converter
+from f2lightning.data.converters.base import checked_records
+from f2lightning.data.converters.coco import (
+    coco_polygons,
+    convert_coco_captions,
+    convert_coco_instances,
+    convert_karpathy,
+    rle_string_counts,
+)
 from f2lightning.data.converters.flickr30k import convert_flickr30k_entities, parse_sentence
 from f2lightning.data.converters.icdar import convert_icdar2015
 from f2lightning.data.converters.refcoco import convert_refcoco
@@ -21,7 +35,7 @@ from f2lightning.data.converters.vqa import convert_textcaps, convert_textvqa, c
 from f2lightning.data.expand import task_annotations
 from f2lightning.data.geometry import signed_area
 from f2lightning.data.records import read_records
-from f2lightning.data.schema import Record
+from f2lightning.data.schema import Record, Region
 
 
 def image(path, size=(64, 48)) -> None:
@@ -121,8 +135,6 @@ def test_coco_crowd_rle_becomes_a_polygon(tmp_path) -> None:
 
 
 def test_coco_uncompressed_rle_polygon_covers_the_mask() -> None:
-    from f2lightning.data.converters.coco import coco_polygons
-
     mask = np.zeros((40, 50), dtype=np.uint8)
     yy, xx = np.mgrid[:40, :50]
     mask[(xx - 25) ** 2 + (yy - 20) ** 2 < 15**2] = 1
@@ -483,3 +495,572 @@ def test_convert_cli_writes_paths_relative_to_the_output(tmp_path, capsys) -> No
     assert json.loads(out.read_text())["image"] == "../val2017/000001.jpg"
     (r,) = read_records(out, check_images=True)
     assert len(r.regions) == 3
+
+
+# --------------------------------------------------------------------------- reports, malformed files
+
+
+def test_report_lists_only_reasons_that_occurred(tmp_path) -> None:
+    report = ConversionReport()
+    convert_coco_instances(coco_instances(tmp_path), "images", report=report)
+    # Annotation 10 has a finite 4-number polygon dropped as too short; no polygon is non-finite,
+    # so non_finite_polygon (dropped with n=0 by coco_polygons) must not be listed.
+    assert "non_finite_polygon" not in report.dropped and ": 0" not in str(report)
+    assert str(report) == (
+        "1 record(s); dropped box_without_area: 1, crowd_region: 1, image_without_regions: 1, "
+        "polygon_under_3_points: 1"
+    )
+
+
+def test_every_registered_converter_is_schema_checked() -> None:
+    assert all(hasattr(c.convert, "__wrapped__") for c in CONVERTERS.values())
+
+
+def test_schema_invalid_records_are_counted_not_returned() -> None:
+    good = Record(image="a.jpg", width=10, height=10, regions=[Region(box=[0, 0, 5, 5])])
+    outside = Record(image="b.jpg", width=10, height=10, regions=[Region(box=[0, 0, 20, 5])])
+
+    @checked_records
+    def convert(*, report: ConversionReport) -> list[Record]:
+        return [good, outside]
+
+    report = ConversionReport()
+    assert convert(report=report) == [good]
+    assert report.records == 1 and report.dropped == {"invalid_record_box_outside_image": 1}
+    (example,) = report.examples["invalid_record_box_outside_image"]
+    assert example.startswith("b.jpg: regions[0].box")
+    assert inspect.signature(convert).parameters["report"].default is None
+    assert convert() == [good]  # the Python API without a report
+
+
+def coco_file(categories: bool = True) -> dict:
+    """A valid COCO instances file: one image, one good annotation (id 1)."""
+    data = {
+        "images": [{"id": 1, "file_name": "1.jpg", "width": 64, "height": 48}],
+        "annotations": [
+            {
+                "id": 1,
+                "image_id": 1,
+                "category_id": 3,
+                "iscrowd": 0,
+                "bbox": [1, 1, 10, 10],
+                "segmentation": [],
+            }
+        ],
+    }
+    if categories:
+        data["categories"] = [{"id": 3, "name": "cat"}]
+    return data
+
+
+def bad_annotation(**fields) -> Callable[[dict], None]:
+    """Adds annotation 2 (a copy of the good one with ``fields`` changed; None removes a field)."""
+
+    def mutate(data: dict) -> None:
+        ann = {**data["annotations"][0], "id": 2}
+        for key, value in fields.items():
+            if value is None:
+                ann.pop(key)
+            else:
+                ann[key] = value
+        data["annotations"].append(ann)
+
+    return mutate
+
+
+def rle_of(mask: np.ndarray) -> dict:
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": list(rle["size"]), "counts": rle["counts"].decode("ascii")}
+
+
+def setter(path: str, value) -> Callable[[dict], None]:
+    """Sets ``data[path]`` where path is e.g. ``images.0.width`` (a value of REMOVE deletes the key)."""
+
+    def mutate(data: dict) -> None:
+        *parents, last = [int(k) if k.isdigit() else k for k in path.split(".")]
+        target = data
+        for key in parents:
+            target = target[key]
+        if value is REMOVE:
+            del target[last]
+        else:
+            target[last] = value
+
+    return mutate
+
+
+REMOVE = object()
+DUPLICATE_IMAGE = {"id": 1, "file_name": "again.jpg", "width": 64, "height": 48}
+
+# Files that are not COCO instances: (what the message must say, change to the valid file).
+MALFORMED_COCO = {
+    "top-level list": ("the top level must be a JSON object, got a list", None),
+    "missing images": ("the top level has no 'images'", setter("images", REMOVE)),
+    "missing annotations": ("the top level has no 'annotations'", setter("annotations", REMOVE)),
+    "missing categories": ("the top level has no 'categories'", setter("categories", REMOVE)),
+    "images an object": ("images must be a list, got a object", setter("images", {"1": {}})),
+    "image a number": ("images[0] must be a JSON object, got a number", setter("images.0", 7)),
+    "image without id": ("images[0] has no 'id'", setter("images.0.id", REMOVE)),
+    "image id a list": ("images[0].id must be an integer or a string", setter("images.0.id", [1])),
+    "image without file_name": ("images[0] has no 'file_name'", setter("images.0.file_name", REMOVE)),
+    "file_name a number": ("images[0].file_name must be a non-empty string", setter("images.0.file_name", 1)),
+    "image without width": ("images[0] has no 'width'", setter("images.0.width", REMOVE)),
+    "width a string": (
+        "images[0].width must be a positive integer, got '64'",
+        setter("images.0.width", "64"),
+    ),
+    "height zero": ("images[0].height must be a positive integer, got 0", setter("images.0.height", 0)),
+    "duplicate image id": ("images[1] repeats id 1", lambda d: d["images"].append(DUPLICATE_IMAGE)),
+    "category without name": ("categories[0] has no 'name'", setter("categories.0.name", REMOVE)),
+    "category name null": (
+        "categories[0].name must be a non-empty string",
+        setter("categories.0.name", None),
+    ),
+    "annotation a list": ("annotations[0] must be a JSON object, got a list", setter("annotations.0", [1])),
+    "annotation without image_id": (
+        "annotations[0] has no 'image_id'",
+        setter("annotations.0.image_id", REMOVE),
+    ),
+    "image_id an object": (
+        "annotations[0].image_id must be an integer",
+        setter("annotations.0.image_id", {}),
+    ),
+    "duplicate annotation id": (
+        "annotations[1] repeats id 1",
+        lambda d: d["annotations"].append(d["annotations"][0]),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED_COCO))
+def test_malformed_coco_instances_is_an_error_naming_the_file(tmp_path, case) -> None:
+    message, mutate = MALFORMED_COCO[case]
+    data = coco_file()
+    if mutate is None:
+        data = [data]
+    else:
+        mutate(data)
+    path = dump(tmp_path / "instances_bad.json", data)
+    with pytest.raises(ConversionError, match=re.escape(message)) as error:
+        convert_coco_instances(path, "images")
+    assert str(error.value).startswith(f"{path}: ") and error.value.path == path
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b'{"images": [', b"\xff\xfe{}", b'"just a string"'],
+    ids=["empty", "cut", "utf16", "string"],
+)
+def test_coco_file_that_is_not_json_is_an_error_naming_the_file(tmp_path, content) -> None:
+    path = tmp_path / "instances.json"
+    path.write_bytes(content)
+    with pytest.raises(ConversionError, match=f"^{re.escape(str(path))}: "):
+        convert_coco_instances(path, "images")
+    with pytest.raises(ConversionError, match=r"absent\.json: cannot be read as JSON"):
+        convert_coco_instances(tmp_path / "absent.json", "images")
+
+
+square = np.zeros((48, 64), dtype=bool)
+square[10:20, 10:20] = True
+tiny_rle = rle_of(np.ones((10, 10), dtype=bool))
+
+# One bad annotation among good ones: (reason it is counted under, the bad annotation).
+BAD_ANNOTATIONS = {
+    "bbox missing": ("bad_bbox", bad_annotation(bbox=None)),
+    "bbox a string": ("bad_bbox", bad_annotation(bbox="1,1,10,10")),
+    "bbox of 3 numbers": ("bad_bbox", bad_annotation(bbox=[1, 1, 10])),
+    "bbox with null": ("bad_bbox", bad_annotation(bbox=[1, None, 10, 10])),
+    "bbox with a string": ("bad_bbox", bad_annotation(bbox=[1, "1", 10, 10])),
+    "bbox NaN": ("bad_bbox", bad_annotation(bbox=[1, float("nan"), 10, 10])),
+    "bbox of no area": ("box_without_area", bad_annotation(bbox=[1, 1, 0, 10])),
+    "unknown category_id": ("unknown_category", bad_annotation(category_id=99)),
+    "category_id missing": ("unknown_category", bad_annotation(category_id=None)),
+    "category_id a list": ("unknown_category", bad_annotation(category_id=[3])),
+    "iscrowd a string": ("bad_iscrowd", bad_annotation(iscrowd="1")),
+    "segmentation a string": ("bad_segmentation", bad_annotation(segmentation="polygon")),
+    "flat polygon list": ("bad_segmentation", bad_annotation(segmentation=[1, 1, 10, 1, 10, 10])),
+    "polygon with a string": ("bad_segmentation", bad_annotation(segmentation=[[1, 1, "10", 1, 10, 10]])),
+    "RLE without counts": ("bad_segmentation", bad_annotation(segmentation={"size": [48, 64]})),
+    "RLE counts a number": ("bad_segmentation", bad_annotation(segmentation={"size": [48, 64], "counts": 5})),
+    # 2 + 3 pixels of a 48 x 64 image: pycocotools would decode uninitialised memory.
+    "RLE runs too short": (
+        "bad_segmentation",
+        bad_annotation(segmentation={"size": [48, 64], "counts": [2, 3]}),
+    ),
+    "RLE negative run": (
+        "bad_segmentation",
+        bad_annotation(segmentation={"size": [48, 64], "counts": [-1, 3073]}),
+    ),
+    "RLE string garbage": (
+        "bad_segmentation",
+        bad_annotation(segmentation={"size": [48, 64], "counts": "abc"}),
+    ),
+    "RLE string of another size": (
+        "bad_segmentation",
+        bad_annotation(segmentation={**tiny_rle, "size": [48, 64]}),
+    ),
+    "RLE size not the image's": ("bad_segmentation", bad_annotation(segmentation=tiny_rle)),
+    "image_id not in images": ("annotation_without_image", bad_annotation(image_id=5)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_ANNOTATIONS))
+def test_one_bad_coco_annotation_is_a_counted_drop(tmp_path, case) -> None:
+    reason, mutate = BAD_ANNOTATIONS[case]
+    data = coco_file()
+    mutate(data)
+    report = ConversionReport()
+    (r,) = convert_coco_instances(
+        dump(tmp_path / "instances.json", data), "images", crowd="keep", report=report
+    )
+    assert [g.box for g in r.regions] == [[1, 1, 11, 11]]  # only the good annotation 1
+    assert report.dropped == {reason: 1} and report.records == 1
+    assert report.examples[reason][0].startswith("annotation 2")
+
+
+def test_valid_rle_strings_decode_to_the_masks_runs() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        mask = rng.random((48, 64)) < rng.uniform(0.01, 0.99)
+        flat = mask.flatten(order="F")  # COCO's runs: column-major, starting with a run of 0s
+        changes = np.flatnonzero(np.diff(flat.astype(int))) + 1
+        runs = np.diff(np.concatenate([[0], changes, [flat.size]])).tolist()
+        expected = runs if not flat[0] else [0, *runs]
+        assert rle_string_counts(rle_of(mask)["counts"]) == expected
+    (polygon,) = coco_polygons(rle_of(square), 64, 48, ConversionReport())
+    assert polygon == [10, 10, 20, 10, 20, 20, 10, 20]
+
+
+def test_coco_captions_drops_and_errors(tmp_path) -> None:
+    data = {
+        "images": [{"id": 5, "file_name": "5.jpg", "width": 64, "height": 48}],
+        "annotations": [
+            {"id": 1, "image_id": 5, "caption": "A dog."},
+            {"id": 2, "image_id": 5, "caption": 7},  # bad_caption
+            {"id": 3, "image_id": 5},  # bad_caption
+            {"id": 4, "image_id": 9, "caption": "No such image."},  # annotation_without_image
+        ],
+    }
+    report = ConversionReport()
+    (r,) = convert_coco_captions(dump(tmp_path / "captions.json", data), "coco", report=report)
+    assert r.texts == {"brief": ["A dog."]}
+    assert report.dropped == {"bad_caption": 2, "annotation_without_image": 1}
+    assert report.examples["annotation_without_image"] == ["annotation 4: image_id 9"]
+    data["annotations"].append({"id": 1, "image_id": 5, "caption": "Twice."})
+    with pytest.raises(ConversionError, match=r"captions\.json: annotations\[4\] repeats id 1"):
+        convert_coco_captions(dump(tmp_path / "captions.json", data), "coco")
+    with pytest.raises(ConversionError, match="the top level must be a JSON object, got a list"):
+        convert_coco_captions(dump(tmp_path / "captions.json", [data]), "coco")
+
+
+def convert_args(tmp_path, fmt: str) -> list[str]:
+    """Command-line inputs of each converter, all pointing at one file that is not in any format."""
+    bad = dump(tmp_path / "bad.json", [1, 2])
+    (tmp_path / "bad.p").write_bytes(pickle.dumps({"not": "refs"}, protocol=2))
+    folder = tmp_path / "folder"
+    folder.mkdir(exist_ok=True)
+    return {
+        "coco-instances": [bad, "--image-dir", "x"],
+        "coco-captions": [bad, "--image-dir", "x"],
+        "karpathy": [bad, "--image-dir", "x"],
+        "vqav2": [bad, bad, "--image-dir", "x"],
+        "textvqa": [bad, "--image-dir", "x"],
+        "textcaps": [bad, "--image-dir", "x"],
+        "refcoco": [str(tmp_path / "bad.p"), bad, "--image-dir", "x"],
+        "flickr30k-entities": [
+            str(folder),
+            str(folder),
+            "--image-dir",
+            "x",
+            "--ids",
+            str(tmp_path / "no_ids.txt"),
+        ],
+        "icdar2015": [str(folder), "--image-dir", "x"],
+    }[fmt]
+
+
+@pytest.mark.parametrize("fmt", sorted(CONVERTERS))
+def test_convert_cli_fails_with_one_line_naming_the_file(tmp_path, capsys, fmt) -> None:
+    out = tmp_path / "out.jsonl"
+    status = main(["convert", fmt, *convert_args(tmp_path, fmt), "-o", str(out)])
+    captured = capsys.readouterr()
+    assert status == 2 and not out.exists()
+    (line,) = captured.err.strip().splitlines()
+    assert (
+        line.startswith(f"f2lightning convert {fmt}: error: {tmp_path}") and "Traceback" not in captured.err
+    )
+
+
+# One file of each other format that is not that format, and the message it must give.
+def not_the_format(tmp_path) -> dict[str, tuple[Callable[[], object], str]]:
+    top_list = dump(tmp_path / "list.json", [])
+    no_data = dump(tmp_path / "nodata.json", {"dataset_name": "textvqa"})
+    questions = dump(tmp_path / "q.json", {"questions": [{"question_id": 1, "question": "Why?"}]})
+    answers = dump(tmp_path / "a.json", {"annotations": [{"question_id": 1, "answers": []}]})
+    width = {
+        "data": [{"image_id": "a", "image_width": "64", "image_height": 48, "question": "q", "answers": []}]
+    }
+    karpathy = dump(tmp_path / "karpathy.json", {"images": [{"filename": "a.jpg", "sentences": "A cat."}]})
+    return {
+        "karpathy top-level list": (lambda: convert_karpathy(top_list, "x"), "got a list"),
+        "karpathy sentences a string": (
+            lambda: convert_karpathy(karpathy, "x"),
+            "images[0].sentences must be a list",
+        ),
+        "vqav2 questions without image_id": (
+            lambda: convert_vqav2(questions, answers, "x"),
+            "q.json: questions[0] has no 'image_id'",
+        ),
+        "vqav2 annotations a list": (
+            lambda: convert_vqav2(questions, top_list, "x"),
+            "list.json: the top level",
+        ),
+        "textvqa without data": (
+            lambda: convert_textvqa(no_data, "x"),
+            "nodata.json: the top level has no 'data'",
+        ),
+        "textvqa width a string": (
+            lambda: convert_textvqa(dump(tmp_path / "w.json", width), "x"),
+            "data[0].image_width must be a positive integer",
+        ),
+        "textcaps top-level list": (lambda: convert_textcaps(top_list, "x"), "list.json: the top level"),
+        "icdar folder missing": (lambda: convert_icdar2015(tmp_path / "gone", "x"), "gone: is not a folder"),
+    }
+
+
+OTHER_FORMAT_CASES = [
+    "karpathy top-level list",
+    "karpathy sentences a string",
+    "vqav2 questions without image_id",
+    "vqav2 annotations a list",
+    "textvqa without data",
+    "textvqa width a string",
+    "textcaps top-level list",
+    "icdar folder missing",
+]
+
+
+@pytest.mark.parametrize("case", OTHER_FORMAT_CASES)
+def test_other_formats_not_in_their_format_are_errors_naming_the_file(tmp_path, case) -> None:
+    cases = not_the_format(tmp_path)
+    assert sorted(cases) == sorted(OTHER_FORMAT_CASES)
+    convert, message = cases[case]
+    with pytest.raises(ConversionError, match=re.escape(message)):
+        convert()
+
+
+def test_karpathy_sentence_without_text_is_counted(tmp_path) -> None:
+    image(tmp_path / "coco" / "a.jpg")
+    sentences = [{"raw": "A cat."}, {"raw": None}, {"tokens": ["a"]}]
+    path = dump(tmp_path / "dataset_coco.json", {"images": [{"filename": "a.jpg", "sentences": sentences}]})
+    report = ConversionReport()
+    (r,) = convert_karpathy(path, tmp_path / "coco", report=report)
+    assert r.texts == {"brief": ["A cat."]} and report.dropped == {"bad_caption": 2}
+
+
+def test_convert_cli_logs_named_examples_of_drops(tmp_path, capsys, caplog) -> None:
+    data = coco_file()
+    bad_annotation(image_id=5)(data)
+    out = tmp_path / "out.jsonl"
+    with caplog.at_level("WARNING"):
+        status = main(
+            ["convert", "coco-instances", dump(tmp_path / "i.json", data), "--image-dir", "x", "-o", str(out)]
+        )
+    assert status == 0 and len(read_records(out)) == 1
+    assert "1 record(s); dropped annotation_without_image: 1" in capsys.readouterr().out
+    assert "dropped 1 annotation_without_image, e.g. annotation 2: image_id 5" in caplog.text
+
+
+def test_vqa_questions_that_cannot_be_used_are_counted(tmp_path) -> None:
+    image(tmp_path / "img" / "COCO_val2014_000000000001.jpg")
+    questions = [
+        {"question_id": i, "image_id": 1, "question": q} for i, q in enumerate(["Why?", "  ", 5, "Who?"])
+    ]
+    answer = [{"answer": "yes", "answer_id": 1}]
+    answers = [{"question_id": i, "answers": answer} for i in range(3)] + [
+        {"question_id": 3, "answers": "yes"}
+    ]
+    report = ConversionReport()
+    (r,) = convert_vqav2(
+        dump(tmp_path / "q.json", {"data_subtype": "val2014", "questions": questions}),
+        dump(tmp_path / "a.json", {"annotations": answers}),
+        tmp_path / "img",
+        report=report,
+    )
+    assert [q.question for q in r.vqa] == ["Why?"]
+    # question 1 is blank, 2 is a number, 3's answers are a string instead of a list: one reason each
+    assert report.dropped == {"empty_question": 1, "bad_question": 1, "bad_answers": 1}
+
+
+def test_icdar_bad_lines_and_files_name_the_file(tmp_path) -> None:
+    image(tmp_path / "images" / "img_1.jpg", (100, 80))
+    (tmp_path / "gt").mkdir()
+    with pytest.raises(ConversionError, match="holds no gt_"):
+        convert_icdar2015(tmp_path / "gt", tmp_path / "images")
+    gt = tmp_path / "gt" / "gt_img_1.txt"
+    gt.write_text("10,10,50,10,50,20,10,20,ok\n1,1,nan,1,5,5,1,5,NaN corner\n", encoding="utf-8")
+    with pytest.raises(ConversionError, match=re.escape(f"{gt}:2: coordinates must be finite")):
+        convert_icdar2015(tmp_path / "gt", tmp_path / "images")
+    gt.write_bytes(b"10,10,50,10,50,20,10,20,caf\xe9\n")  # latin-1, not UTF-8
+    with pytest.raises(ConversionError, match=re.escape(f"{gt}: cannot be read as utf-8-sig text")):
+        convert_icdar2015(tmp_path / "gt", tmp_path / "images")
+
+
+def test_flickr30k_missing_files_are_counted_per_image_and_named(tmp_path) -> None:
+    (tmp_path / "Sentences").mkdir()
+    (tmp_path / "Annotations").mkdir()
+    (tmp_path / "Annotations" / "1000.xml").write_text(FLICKR_XML)
+    (tmp_path / "Sentences" / "1000.txt").write_text("[/EN#18/people Two men] walk .\n")
+    (tmp_path / "Sentences" / "2000.txt").write_text("[/EN#1/people A man] .\n")  # its XML is missing
+    (tmp_path / "Annotations" / "3000.xml").write_text(FLICKR_XML)  # its sentences are missing
+    report = ConversionReport()
+    ids = ["1000", "2000", "3000"]
+    (r,) = convert_flickr30k_entities(
+        tmp_path / "Sentences", tmp_path / "Annotations", "img", ids=ids, report=report
+    )
+    assert r.id == "1000"
+    assert report.dropped == {"missing_annotation_file": 2}
+    assert report.examples["missing_annotation_file"] == [
+        str(tmp_path / "Annotations" / "2000.xml"),
+        str(tmp_path / "Sentences" / "3000.txt"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("xml", "message"),
+    [
+        ("<annotation><size><width>64</width>", "is not well-formed XML"),
+        ("<annotation><filename>a.jpg</filename></annotation>", "<size/width> must be a number, got None"),
+        (FLICKR_XML.replace("<xmin>1</xmin>", "<xmin>left</xmin>"), "<xmin> must be a number, got 'left'"),
+        (
+            FLICKR_XML.replace("<height>48</height>", "<height>0</height>"),
+            "<size> must hold positive integers",
+        ),
+    ],
+    ids=["cut", "no-size", "xmin-word", "zero-height"],
+)
+def test_flickr30k_malformed_xml_is_an_error_naming_it(tmp_path, xml, message) -> None:
+    (tmp_path / "Sentences").mkdir()
+    (tmp_path / "Annotations").mkdir()
+    (tmp_path / "Annotations" / "1000.xml").write_text(xml)
+    (tmp_path / "Sentences" / "1000.txt").write_text("[/EN#18/people Two men] walk .\n")
+    with pytest.raises(
+        ConversionError, match=f"^{re.escape(str(tmp_path / 'Annotations' / '1000.xml'))}: "
+    ) as e:
+        convert_flickr30k_entities(tmp_path / "Sentences", tmp_path / "Annotations", "img")
+    assert message in str(e.value)
+
+
+# --------------------------------------------------------------------------- RefCOCO's pickles
+
+
+class Payload:
+    """Unpickling this calls ``exec``, which creates ``marker``: a pickle that runs code."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').close()",))
+
+
+def refcoco_instances(tmp_path) -> str:
+    return dump(
+        tmp_path / "instances.json",
+        {
+            "images": [{"id": 7, "file_name": "7.jpg", "width": 64, "height": 48}],
+            "categories": [{"id": 1, "name": "person"}],
+            "annotations": [
+                {"id": 70, "image_id": 7, "category_id": 1, "bbox": [1, 2, 10, 20], "segmentation": []}
+            ],
+        },
+    )
+
+
+def test_refcoco_pickle_with_code_does_not_run_it(tmp_path) -> None:
+    live = tmp_path / "ran_when_loaded_plainly"
+    pickle.loads(pickle.dumps([Payload(live)], protocol=2))  # the payload is real: plain pickle runs it
+    assert live.exists()
+
+    marker = tmp_path / "marker"
+    refs = tmp_path / "refs(unc).p"
+    refs.write_bytes(pickle.dumps([{"ann_id": 70, "image_id": 7, "sentences": Payload(marker)}], protocol=2))
+    with pytest.raises(
+        ConversionError, match=rf"^{re.escape(str(refs))}: .*refuses to load (__builtin__|builtins)\.exec"
+    ):
+        convert_refcoco(refs, refcoco_instances(tmp_path), "img")
+    assert not marker.exists()
+
+
+def test_refcoco_pickles_that_are_not_refs_are_errors_naming_the_file(tmp_path) -> None:
+    instances = refcoco_instances(tmp_path)
+    refs = tmp_path / "refs.p"
+    cases = {
+        pickle.dumps([{"ann_id": 70, "image_id": 7}], protocol=2)[:-5]: "is not a readable pickle",
+        b"not a pickle at all": "is not a plain-data RefCOCO refs pickle (invalid load key",
+        pickle.dumps({"refs": []}, protocol=2): "must hold a list of refs",
+        pickle.dumps([{"image_id": 7, "sentences": []}], protocol=2): "refs[0] needs an integer ann_id",
+        pickle.dumps([{"ann_id": 70, "image_id": 7, "sentences": "man"}], protocol=2): "refs[0].sentences",
+    }
+    for data, message in cases.items():
+        refs.write_bytes(data)
+        with pytest.raises(ConversionError, match=f"^{re.escape(str(refs))}: .*{re.escape(message)}"):
+            convert_refcoco(refs, instances, "img")
+
+
+class Python2Pickler(pickle._Pickler):
+    """Writes ``bytes`` the way Python 2 wrote its ``str``: SHORT_BINSTRING / BINSTRING opcodes
+    (Python 3 would write a call to ``_codecs.encode`` instead)."""
+
+    dispatch = pickle._Pickler.dispatch.copy()
+
+    def save_py2_str(self, obj: bytes) -> None:
+        if len(obj) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
+        self.memoize(obj)
+
+    dispatch[bytes] = save_py2_str
+
+
+def py2_bytes(value):
+    """Every ``str`` as UTF-8 bytes, as Python 2 code holding UTF-8 text in ``str`` had it."""
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, list):
+        return [py2_bytes(v) for v in value]
+    if isinstance(value, dict):
+        return {py2_bytes(k): py2_bytes(v) for k, v in value.items()}
+    return value
+
+
+def test_refcoco_python2_pickle_decodes_utf8_text(tmp_path) -> None:
+    long_raw = "the man in the café " * 20  # over 255 bytes: BINSTRING rather than SHORT_BINSTRING
+    sentences = [
+        {"tokens": ["café", "left"], "raw": long_raw, "sent_id": 0, "sent": "man in the café"},
+        {"tokens": ["crème"], "raw": "Crème brûlée", "sent_id": 1, "sent": "crème brûlée"},
+    ]
+    refs = py2_bytes([{"ref_id": 0, "ann_id": 70, "image_id": 7, "split": "train", "category_id": 1,
+                       "sentences": sentences, "sent_ids": [0, 1]}])  # fmt: skip
+    buffer = io.BytesIO()
+    Python2Pickler(buffer, protocol=2).dump(refs)
+    data = buffer.getvalue()
+    opcodes = {op.name for op, _, _ in pickletools.genops(data)}
+    assert {"PROTO", "SHORT_BINSTRING", "BINSTRING"} <= opcodes
+    assert not opcodes & {"BINUNICODE", "SHORT_BINUNICODE", "GLOBAL", "STACK_GLOBAL", "REDUCE"}
+    # The bug this reproduces: reading Python 2 str as latin-1 turns UTF-8 'é' into 'Ã©'.
+    assert pickle.loads(data, encoding="latin1")[0]["sentences"][0]["sent"] == "man in the cafÃ©"
+
+    path = tmp_path / "refs(unc).p"
+    path.write_bytes(data)
+    (r,) = convert_refcoco(path, refcoco_instances(tmp_path), "img", splits=["train"])
+    assert r.regions[0].referring == ["man in the café", "crème brûlée"]
+
+    # A Python 2 str that is not UTF-8 (latin-1 bytes) still decodes, byte for byte.
+    refs[0][b"sentences"][0][b"sent"] = "naïve".encode("latin-1")
+    buffer = io.BytesIO()
+    Python2Pickler(buffer, protocol=2).dump(refs)
+    path.write_bytes(buffer.getvalue())
+    (r,) = convert_refcoco(path, refcoco_instances(tmp_path), "img")
+    assert r.regions[0].referring == ["naïve", "crème brûlée"]
