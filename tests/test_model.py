@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import io
+import json
+import re
 
 import numpy as np
 import pytest
@@ -32,7 +34,9 @@ def test_batched_generation_equals_one_by_one(model, num_beams):
     mask = torch.tensor([[1] * len(p) + [0] * (longest - len(p)) for p in prompts])
     kwargs = {"max_new_tokens": 10, "num_beams": num_beams, "do_sample": False}
     batched = model.generate(pixels, input_ids, mask, **kwargs)
-    assert len({tuple(row.tolist()) for row in batched}) == len(prompts)  # each sample generates its own tokens
+    assert len({tuple(row.tolist()) for row in batched}) == len(
+        prompts
+    )  # each sample generates its own tokens
     for i, prompt in enumerate(prompts):
         alone = model.generate(pixels[i : i + 1], torch.tensor([prompt]), **kwargs)[0]
         row = batched[i][: len(alone)]
@@ -88,6 +92,66 @@ def test_config_round_trips_and_reads_transformers_config(tmp_path):
     (tmp_path / "config.json").write_text('{"vision_config": ')
     with pytest.raises(ValueError, match=r"config\.json: not valid JSON"):
         Florence2Config.from_hf_config(tmp_path)
+
+
+def _saved_tiny(path, **overrides):
+    """A tiny model saved in the transformers-native layout, described by config.json alone."""
+    config = Florence2Config.preset("tiny", image_size=64, image_token_id=5, **overrides)
+    Florence2(config).save_pretrained(path)
+    (path / "f2lightning.json").unlink()  # so that config.json is what describes the model
+    return json.loads((path / "config.json").read_text())
+
+
+def test_vision_num_groups_other_than_num_heads_are_refused(tmp_path):
+    # transformers gives the channel attention num_groups groups; timm's DaViT one number per stage for both.
+    hf = _saved_tiny(tmp_path)
+    assert hf["vision_config"]["num_groups"] == hf["vision_config"]["num_heads"] == [1, 2, 3, 4]
+    hf["vision_config"]["num_groups"] = [1, 2, 3, 8]
+    (tmp_path / "config.json").write_text(json.dumps(hf))
+    message = r"config\.json: vision_config\.num_groups \[1, 2, 3, 8\] differs from vision_config\.num_heads \[1, 2, 3, 4\]"
+    with pytest.raises(ValueError, match=message):
+        Florence2Config.from_hf_config(tmp_path)
+    with pytest.raises(ValueError, match=message):
+        Florence2.from_pretrained(tmp_path)
+
+
+def test_saving_writes_the_num_groups_that_were_loaded(tmp_path):
+    hf = _saved_tiny(tmp_path / "a", vision={"num_heads": (2, 2, 4, 4)})
+    assert hf["vision_config"]["num_groups"] == [2, 2, 4, 4]
+    model = Florence2.from_pretrained(tmp_path / "a")
+    model.save_pretrained(tmp_path / "b")
+    again = json.loads((tmp_path / "b" / "config.json").read_text())["vision_config"]
+    assert again["num_heads"] == again["num_groups"] == [2, 2, 4, 4]
+
+
+@pytest.mark.parametrize(
+    ("section", "field", "value", "message"),
+    [
+        # Consistent sizes that do not describe the weights: torch's "size mismatch" before.
+        ("text_config", "d_model", 64, r"text_config\.vocab_size, text_config\.d_model: 5 parameter\(s\), e\.g\. "
+         r"language_model\.final_logits_bias|shared\.weight is \[4096, 128\] in the weights, \[4096, 64\] by the config"),
+        ("vision_config", "embed_dim", [32, 64, 96, 64], r"vision_config\.embed_dim: \d+ parameter\(s\), e\.g\. vision_tower\.stages\.3\."),
+        ("text_config", "encoder_ffn_dim", 256, r"text_config\.encoder_ffn_dim, text_config\.d_model: \d+ parameter\(s\), e\.g\. \S+encoder\.layers\.0\.fc1"),
+        ("text_config", "max_position_embeddings", 256, r"text_config\.max_position_embeddings, text_config\.d_model: \d+ parameter\(s\), e\.g\. \S+embed_positions"),
+        # Sizes that cannot build any model: an empty AssertionError from timm before.
+        ("vision_config", "depths", [1, 1, 1], r"one entry per stage in vision_config\.embed_dim \[32, 64, 96, 128\], "
+         r"vision_config\.depths \[1, 1, 1\]"),
+        ("vision_config", "num_heads", [1, 2, 5, 4], r"vision_config\.embed_dim\[2\] = 96 is not divisible"),
+        ("text_config", "encoder_attention_heads", 3, r"text_config\.d_model = 128 is not divisible by "
+         r"text_config\.encoder_attention_heads = 3"),
+        ("text_config", "decoder_layers", 0, r"text_config\.decoder_layers must be a positive integer, got 0"),
+        ("text_config", "decoder_layers", 3, r"model built from .*config\.json.*missing: \['language_model\.model\.decoder\.layers\.2"),
+    ],
+)  # fmt: skip
+def test_config_json_with_wrong_sizes_names_the_file_and_fields(tmp_path, section, field, value, message):
+    hf = _saved_tiny(tmp_path)
+    hf[section][field] = value
+    if field == "num_heads":
+        hf[section]["num_groups"] = value
+    (tmp_path / "config.json").write_text(json.dumps(hf))
+    with pytest.raises(ValueError, match=str(tmp_path / "config.json").replace(".", r"\.")) as error:
+        Florence2.from_pretrained(tmp_path)
+    assert re.search(message, str(error.value), re.DOTALL), str(error.value)
 
 
 def test_projector_rejects_images_beyond_the_position_table(model):
@@ -172,8 +236,12 @@ def test_exif_orientation_is_applied(tokenizer):
 def test_processor_batches_and_parses(tokenizer):
     processor = Florence2Processor(tokenizer, image_size=64)
     images = [Image.new("RGB", (30, 60)), Image.new("RGB", (100, 50))]
-    batch = processor(images, ["<CAPTION>", "<REGION_TO_CATEGORY>"], regions=[None, [10, 10, 50, 40]],
-                      targets=["a red circle", "circle"])
+    batch = processor(
+        images,
+        ["<CAPTION>", "<REGION_TO_CATEGORY>"],
+        regions=[None, [10, 10, 50, 40]],
+        targets=["a red circle", "circle"],
+    )
     assert batch["pixel_values"].shape == (2, 3, 64, 64)
     assert batch["input_ids"].shape == batch["attention_mask"].shape
     assert batch["attention_mask"][0].sum() != batch["attention_mask"][1].sum()

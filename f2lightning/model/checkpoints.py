@@ -27,7 +27,12 @@ if TYPE_CHECKING:
 
 StateDict = dict[str, torch.Tensor]
 
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 
 # transformers' DaViT key → timm's, applied in order to the key without its `model.vision_tower.` prefix.
 _HF_TO_TIMM = [
@@ -64,6 +69,24 @@ _OPTIONAL_KEYS = {
     "language_model.final_logits_bias",
     "projector.visual_temporal_embed.pos_idx_to_embed",
 }
+
+
+# Parameter (our key) → the config.json fields that set its shape, first match wins; a weights file whose
+# shapes disagree with its config.json is reported with these instead of torch's bare "size mismatch".
+_SHAPE_FIELDS = [
+    (r"^vision_tower\..*\.mlp\.fc", "vision_config.embed_dim, vision_config.mlp_ratio"),
+    (r"^vision_tower\.", "vision_config.embed_dim"),
+    (r"^projector\.image_position_embed\.", "vision_config.max_position_embeddings, vision_config.embed_dim"),
+    (
+        r"^projector\.visual_temporal_embed\.",
+        "vision_config.max_temporal_embeddings, vision_config.embed_dim",
+    ),
+    (r"^projector\.", "vision_config.embed_dim, text_config.d_model"),
+    (r"\.embed_positions\.", "text_config.max_position_embeddings, text_config.d_model"),
+    (r"(shared|embed_tokens|lm_head|final_logits_bias)", "text_config.vocab_size, text_config.d_model"),
+    (r"\.(encoder|decoder)\.layers\.\d+\.fc", r"text_config.\1_ffn_dim, text_config.d_model"),
+    (r"^language_model\.", "text_config.d_model"),
+]
 
 
 class CheckpointError(ValueError):
@@ -104,7 +127,9 @@ def load_state_dict(path: str | Path) -> StateDict:
     except CheckpointError:
         raise
     except Exception as error:  # truncated, corrupt or foreign files all end up here
-        raise CheckpointError(f"{file}: cannot be read as a checkpoint ({type(error).__name__}: {error})") from error
+        raise CheckpointError(
+            f"{file}: cannot be read as a checkpoint ({type(error).__name__}: {error})"
+        ) from error
     if isinstance(loaded, dict):
         for wrapper in ("state_dict", "model", "module"):
             if isinstance(loaded.get(wrapper), dict):
@@ -117,7 +142,10 @@ def load_state_dict(path: str | Path) -> StateDict:
 
 def detect_format(state: StateDict) -> str:
     """`hf`, `msft`, `f2lightning`, `lightning` or `timm` (see the module docstring)."""
-    if "model.vision_tower.convs.0.conv.weight" in state or "model.multi_modal_projector.image_proj_norm.weight" in state:
+    if (
+        "model.vision_tower.convs.0.conv.weight" in state
+        or "model.multi_modal_projector.image_proj_norm.weight" in state
+    ):
         return "hf"
     if "vision_tower.convs.0.proj.weight" in state or "image_projection" in state:
         return "msft"
@@ -192,6 +220,7 @@ def transformers_config(config: Florence2Config) -> Any:
             "embed_dim": list(vision.embed_dims),
             "depths": list(vision.depths),
             "num_heads": list(vision.num_heads),
+            # Loading refuses configs whose num_groups differ (config.from_hf_config), so this is what was read.
             "num_groups": list(vision.num_heads),
             "window_size": vision.window_size,
             "mlp_ratio": vision.mlp_ratio,
@@ -205,24 +234,32 @@ def transformers_config(config: Florence2Config) -> Any:
     )
 
 
-def _read_config(path: Path) -> Florence2Config:
+def _config_file(path: Path) -> Path:
     folder = path if path.is_dir() else path.parent
     # Our own save also records what transformers' config.json cannot hold (the input resolution).
-    if (folder / "f2lightning.json").exists():
-        return Florence2Config.from_dict(json.loads((folder / "f2lightning.json").read_text()))
-    if (folder / "config.json").exists():
-        return Florence2Config.from_hf_config(folder / "config.json")
+    for name in ("f2lightning.json", "config.json"):
+        if (folder / name).exists():
+            return folder / name
     raise CheckpointError(f"{path}: no config.json beside the weights, cannot tell the model's size")
+
+
+def _read_config(file: Path) -> Florence2Config:
+    if file.name == "config.json":
+        return Florence2Config.from_hf_config(file)
+    config = Florence2Config.from_dict(json.loads(file.read_text()))
+    config.check(str(file))
+    return config
 
 
 def load_florence2(cls: type[Florence2], path: Path, **config_overrides: Any) -> Florence2:
     if path.suffix == ".ckpt":
         return _load_lightning(cls, path, **config_overrides)
-    config = _read_config(path)
+    config_file = _config_file(path)
+    config = _read_config(config_file)
     if config_overrides:
         config = config.replace(**config_overrides)
     model = cls(config)
-    load_weights(model, to_f2lightning(load_state_dict(path)), source=path)
+    load_weights(model, to_f2lightning(load_state_dict(path)), source=path, config_source=config_file)
     folder = path if path.is_dir() else path.parent
     if any((folder / name).exists() for name in ("tokenizer.json", "vocab.json", "tokenizer_config.json")):
         from f2lightning.tokenizer import load_tokenizer
@@ -241,7 +278,9 @@ def _load_lightning(cls: type[Florence2], path: Path, **config_overrides: Any) -
     if config_overrides:
         config = config.replace(**config_overrides)
     model = cls(config)
-    load_weights(model, to_f2lightning(checkpoint["state_dict"]), source=path)
+    load_weights(
+        model, to_f2lightning(checkpoint["state_dict"]), source=path, config_source=f"{path}'s model_config"
+    )
     # The training module records the tokenizer directory it used; attach it when it is still there.
     tokenizer_dir = checkpoint["f2lightning"].get("tokenizer_dir")
     if tokenizer_dir and Path(tokenizer_dir).is_dir():
@@ -251,16 +290,52 @@ def _load_lightning(cls: type[Florence2], path: Path, **config_overrides: Any) -
     return model
 
 
-def load_weights(model: Florence2, state: StateDict, source: Path | str = "state dict") -> None:
-    """Load converted weights, failing with the exact missing / unexpected keys."""
+def load_weights(
+    model: Florence2,
+    state: StateDict,
+    source: Path | str = "state dict",
+    config_source: Path | str = "the config",
+) -> None:
+    """Load converted weights, failing with the exact missing / unexpected / differently shaped parameters.
+
+    `config_source` names where the model's sizes came from, so that a config that does not describe the
+    weights is reported as such (with the fields that set each mismatching shape).
+    """
+    expected = model.state_dict()
+    mismatched = [
+        key for key, value in state.items() if key in expected and value.shape != expected[key].shape
+    ]
+    if mismatched:
+        # One line per group of config fields, with a first example: a wrong d_model touches hundreds of tensors.
+        by_fields: dict[str, list[str]] = {}
+        for key in mismatched:
+            by_fields.setdefault(_shape_fields(key), []).append(key)
+        lines = [
+            f"{fields}: {len(keys)} parameter(s), e.g. {keys[0]} is {list(state[keys[0]].shape)} in the weights, "
+            f"{list(expected[keys[0]].shape)} by the config"
+            for fields, keys in by_fields.items()
+        ]
+        raise CheckpointError(
+            f"{source}: the weights do not have the sizes {config_source} gives ({len(mismatched)} parameters "
+            "differ); check these fields:\n  " + "\n  ".join(lines)
+        )
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if k not in _OPTIONAL_KEYS]
     if missing or unexpected:
         raise CheckpointError(
-            f"{source}: weights do not fit the model.\n  missing: {missing[:20]}{' ...' if len(missing) > 20 else ''}"
+            f"{source}: weights do not fit the model built from {config_source} (check its depths / layer counts)."
+            f"\n  missing: {missing[:20]}{' ...' if len(missing) > 20 else ''}"
             f"\n  unexpected: {unexpected[:20]}{' ...' if len(unexpected) > 20 else ''}"
         )
     model.language_model.tie_weights()
+
+
+def _shape_fields(key: str) -> str:
+    for pattern, fields in _SHAPE_FIELDS:
+        match = re.search(pattern, key)
+        if match:
+            return match.expand(fields)
+    return "see the config"
 
 
 def save_florence2(model: Florence2, path: Path) -> Path:

@@ -121,11 +121,25 @@ class Florence2Config:
             if not isinstance(section, dict):
                 raise ValueError(f"{where}: `{name}` must be an object, got {type(section).__name__}")
         vision_defaults = VisionConfig()
+        num_heads = tuple(vision_src.get("num_heads", vision_defaults.num_heads))
+        # transformers (and the remote code) give the channel attention `num_groups` groups and the window
+        # attention `num_heads` heads; timm's DaVit takes one `num_heads` per stage for both, so a config
+        # that tells them apart would silently become a different model.
+        num_groups = tuple(vision_src.get("num_groups", num_heads))
+        if num_groups != num_heads:
+            raise ValueError(
+                f"{where}: vision_config.num_groups {list(num_groups)} differs from vision_config.num_heads "
+                f"{list(num_heads)}; the DaViT here (timm's) uses one number per stage for the channel attention's "
+                "groups and the window attention's heads, so this model cannot be built (released Florence-2 "
+                "checkpoints have them equal)"
+            )
         # The remote-code config names the widths `dim_embed` and nests the embedding table sizes.
         vision = VisionConfig(
-            embed_dims=tuple(vision_src.get("embed_dim") or vision_src.get("dim_embed") or vision_defaults.embed_dims),
+            embed_dims=tuple(
+                vision_src.get("embed_dim") or vision_src.get("dim_embed") or vision_defaults.embed_dims
+            ),
             depths=tuple(vision_src.get("depths", vision_defaults.depths)),
-            num_heads=tuple(vision_src.get("num_heads", vision_defaults.num_heads)),
+            num_heads=num_heads,
             window_size=vision_src.get("window_size", vision_defaults.window_size),
             mlp_ratio=vision_src.get("mlp_ratio", vision_defaults.mlp_ratio),
             drop_path_rate=vision_src.get("drop_path_rate", vision_defaults.drop_path_rate),
@@ -140,7 +154,66 @@ class Florence2Config:
         text = TextConfig(**{k: v for k, v in text_src.items() if k in text_fields})
         if "vocab_size" not in text_src and "vocab_size" in source:
             text.vocab_size = source["vocab_size"]
-        return cls(vision=vision, text=text, image_token_id=source.get("image_token_id"))
+        config = cls(vision=vision, text=text, image_token_id=source.get("image_token_id"))
+        config.check(where, hf_names=True)
+        return config
+
+    def check(self, where: str = "config", hf_names: bool = False) -> None:
+        """Raise a ValueError naming `where` and the fields when the sizes cannot build a model.
+
+        Without this, timm fails with an empty AssertionError (stage lists of different lengths) and a width that
+        the heads do not divide fails only in the first forward pass. `hf_names` names the fields as a
+        transformers config.json spells them (`vision_config.embed_dim`), otherwise as this dataclass does.
+        """
+        vision, text = self.vision, self.text
+
+        def name(part: str, key: str) -> str:
+            if not hf_names:
+                return f"{part}.{key}"
+            return f"{part}_config.{'embed_dim' if key == 'embed_dims' else key}"
+
+        problems = []
+        stage_lists = {key: getattr(vision, key) for key in ("embed_dims", "depths", "num_heads")}
+        for key, values in stage_lists.items():
+            if not values or not all(_positive_int(v) for v in values):
+                problems.append(
+                    f"{name('vision', key)} must be a non-empty list of positive integers, got {values!r}"
+                )
+        if not problems:
+            if len({len(values) for values in stage_lists.values()}) > 1:
+                problems.append(
+                    "one entry per stage in "
+                    + ", ".join(
+                        f"{name('vision', key)} {list(values)}" for key, values in stage_lists.items()
+                    )
+                )
+            problems += [
+                f"{name('vision', 'embed_dims')}[{i}] = {dim} is not divisible by {name('vision', 'num_heads')}[{i}] = {heads}"
+                for i, (dim, heads) in enumerate(zip(vision.embed_dims, vision.num_heads))
+                if dim % heads
+            ]
+        for part, section, keys in (
+            ("vision", vision, ("window_size", "max_position_embeddings", "max_temporal_embeddings")),
+            ("text", text, ("vocab_size", "d_model", "encoder_layers", "decoder_layers", "encoder_attention_heads",
+                            "decoder_attention_heads", "encoder_ffn_dim", "decoder_ffn_dim", "max_position_embeddings")),
+        ):  # fmt: skip
+            problems += [
+                f"{name(part, key)} must be a positive integer, got {getattr(section, key)!r}"
+                for key in keys
+                if not _positive_int(getattr(section, key))
+            ]
+        if not problems:
+            problems += [
+                f"{name('text', 'd_model')} = {text.d_model} is not divisible by {name('text', key)} = {getattr(text, key)}"
+                for key in ("encoder_attention_heads", "decoder_attention_heads")
+                if text.d_model % getattr(text, key)
+            ]
+        if problems:
+            raise ValueError(f"{where}: the model sizes are inconsistent:\n  - " + "\n  - ".join(problems))
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def _tuples(data: dict[str, Any]) -> dict[str, Any]:
@@ -148,6 +221,7 @@ def _tuples(data: dict[str, Any]) -> dict[str, Any]:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
 
 
+# fmt: off
 def _tiny() -> Florence2Config:
     return Florence2Config(
         vision=VisionConfig(
@@ -175,6 +249,8 @@ def _large() -> Florence2Config:
             decoder_attention_heads=16, encoder_ffn_dim=4096, decoder_ffn_dim=4096,
         ),
     )
+
+# fmt: on
 
 
 PRESETS = {"tiny": _tiny, "base": _base, "large": _large}

@@ -26,6 +26,7 @@ from f2lightning.model.vision import create_vision_tower, stage_modules
 class Florence2(nn.Module):
     def __init__(self, config: Florence2Config) -> None:
         super().__init__()
+        config.check()
         self.config = config
         self.vision_tower = create_vision_tower(config.vision)
         self.projector = ImageProjector(
@@ -96,7 +97,9 @@ class Florence2(nn.Module):
 
         Without `decoder_input_ids`, BART builds them by shifting `labels` right behind the decoder start token.
         """
-        inputs_embeds, attention_mask = self.embed_inputs(pixel_values, input_ids, attention_mask, image_index)
+        inputs_embeds, attention_mask = self.embed_inputs(
+            pixel_values, input_ids, attention_mask, image_index
+        )
         return self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
@@ -121,7 +124,9 @@ class Florence2(nn.Module):
         Prompts must be right-padded with `attention_mask` marking the real tokens: BART's learned positions then
         match the unpadded prompt, which makes a batch generate exactly what each sample generates alone.
         """
-        inputs_embeds, attention_mask = self.embed_inputs(pixel_values, input_ids, attention_mask, image_index)
+        inputs_embeds, attention_mask = self.embed_inputs(
+            pixel_values, input_ids, attention_mask, image_index
+        )
         return self.language_model.generate(
             inputs_embeds=inputs_embeds, attention_mask=attention_mask, **generate_kwargs
         )
@@ -164,7 +169,9 @@ class Florence2(nn.Module):
     # ------------------------------------------------------------------ tokens
     def resize_token_embeddings(self, vocab_size: int, pad_to_multiple_of: int | None = None) -> None:
         """Grow or shrink the shared embedding + LM head (e.g. after adding `<loc_*>` tokens)."""
-        embeddings = self.language_model.resize_token_embeddings(vocab_size, pad_to_multiple_of=pad_to_multiple_of)
+        embeddings = self.language_model.resize_token_embeddings(
+            vocab_size, pad_to_multiple_of=pad_to_multiple_of
+        )
         self.config.text.vocab_size = embeddings.num_embeddings
         # BART keeps a (zero, untrained) bias over the vocabulary that resize leaves alone.
         self.language_model._resize_final_logits_bias(embeddings.num_embeddings)

@@ -16,7 +16,9 @@ from f2lightning.model.config import VisionConfig
 def create_vision_tower(config: VisionConfig, drop_path_rate: float | None = None) -> DaVit:
     """A headless timm DaViT; `forward_features` gives the last stage map `(B, C, H/32, W/32)`."""
     # `davit_base_fl` carries the Florence-2 block layout (3x3 downsampling, channel attention v2, named
-    # blocks); the widths, depths and heads given here replace its sizes.
+    # blocks); the widths, depths and heads given here replace its sizes. timm gives each stage one `num_heads`
+    # for the window attention's heads and the channel attention's groups alike, which is why
+    # `Florence2Config.from_hf_config` refuses configs whose `num_groups` differ.
     tower = timm.create_model(
         "davit_base_fl",
         pretrained=False,
