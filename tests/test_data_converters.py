@@ -1064,3 +1064,15 @@ def test_refcoco_python2_pickle_decodes_utf8_text(tmp_path) -> None:
     path.write_bytes(buffer.getvalue())
     (r,) = convert_refcoco(path, refcoco_instances(tmp_path), "img")
     assert r.regions[0].referring == ["naïve", "crème brûlée"]
+
+
+def test_duplicate_annotation_ids_are_an_error_because_pycocotools_keeps_one(tmp_path) -> None:
+    from pycocotools.coco import COCO
+
+    data = coco_file()
+    data["annotations"].append({**data["annotations"][0], "bbox": [30, 30, 5, 5]})
+    path = dump(tmp_path / "instances.json", data)
+    coco = COCO(path)  # the reason for the error: its id index silently keeps only the second copy
+    assert len(coco.anns) == 1 and len(coco.imgToAnns[1]) == 2 and coco.anns[1]["bbox"] == [30, 30, 5, 5]
+    with pytest.raises(ConversionError, match=re.escape(f"{path}: annotations[1] repeats id 1")):
+        convert_coco_instances(path, "images")
