@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from transformers.models.florence2 import processing_florence2 as florence2
 
 from f2lightning.tasks import TASKS, Task, get_task, parse, register_task
+from f2lightning.tasks.formats import BANNED_GROUNDING_PHRASES
 from f2lightning.tasks.geometry import clockwise_polygon, clockwise_quad, normalise_box, signed_area
 
 PAPER_TASKS = [  # Tables 13 and 14
@@ -36,6 +37,7 @@ PAPER_TASKS = [  # Tables 13 and 14
     "<VQA>",
 ]
 SIZE = (640, 480)
+BANNED = BANNED_GROUNDING_PHRASES
 
 # ------------------------------------------------------------------------------------------- strategies
 
@@ -68,6 +70,11 @@ garbage_pieces = st.one_of(
             " ",
             "\n",
             "a dog",
+            # phrases the released processor's phrase grounding drops
+            "it",
+            " the image ",
+            "a",
+            "I",
             "é",
             "漢",
         ]
@@ -89,8 +96,10 @@ def sized_annotations(draw, output):
     if output == "text":
         text = draw(st.text(max_size=30).filter(lambda t: not any(m in t for m in ("<s>", "</s>", "<pad>"))))
         return size, {"text": text}
-    if output in ("boxes", "region_proposals"):
-        labels = [draw(box_labels) for _ in range(n)]
+    if output in ("boxes", "phrase_grounding", "region_proposals"):
+        # A banned phrase is written, but parsing drops it (test_phrase_grounding_drops_banned_phrases).
+        allowed = box_labels.filter(lambda label: output != "phrase_grounding" or label.strip() not in BANNED)
+        labels = [draw(allowed) for _ in range(n)]
         return size, {"bboxes": [points(draw, size, 2) for _ in range(n)], "labels": labels}
     if output == "quad_boxes":
         return size, {
@@ -114,10 +123,10 @@ def expected_parse(output, annotation):
     """What parsing the serialized annotation gives back, before quantization."""
     if output == "text":
         return annotation["text"].strip()
-    if output in ("boxes", "region_proposals"):
+    if output in ("boxes", "phrase_grounding", "region_proposals"):
         labels = (
             [lab.strip() for lab in annotation["labels"]]
-            if output == "boxes"
+            if output != "region_proposals"
             else [""] * len(annotation["labels"])
         )
         return {"bboxes": [normalise_box(b) for b in annotation["bboxes"]], "labels": labels}
@@ -374,7 +383,9 @@ def reference_processor(post_processor_class):
         florence2.Florence2Processor.__init__(processor)
     kinds = set(processor.tasks_answer_post_processing_type.values())
     tokenizer = SimpleNamespace(all_special_tokens=["<s>", "</s>", "<pad>", "<unk>"])
-    processor.post_processor = post_processor_class({kind: {} for kind in kinds}, tokenizer)
+    # The released processor_config.json parse settings: phrase grounding bans phrases (OCR's are the defaults).
+    config = {kind: {} for kind in kinds} | {"phrase_grounding": {"banned_grounding_tokens": sorted(BANNED)}}
+    processor.post_processor = post_processor_class(config, tokenizer)
     return processor
 
 
@@ -408,7 +419,7 @@ def test_reference_tasks_are_registered_with_matching_formats():
         "pure_text": "text",
         "ocr": "quad_boxes",
         "description_with_bboxes": "boxes",
-        "phrase_grounding": "boxes",
+        "phrase_grounding": "phrase_grounding",
         "bboxes": "region_proposals",
         "polygons": "polygons",
         "description_with_bboxes_or_polygons": "boxes_or_polygons",
@@ -458,6 +469,32 @@ def test_parse_matches_on_serialized_targets(token, data):
     assert_same(parse(token, text, size), reference_parse(REFERENCE, token, text, size), 1e-6)
     # Stock transformers >= 5 truncates coordinates to ints; otherwise the results agree.
     assert_same(parse(token, text, size), reference_parse(STOCK, token, text, size), 1.0 + 1e-6)
+
+
+def test_phrase_grounding_drops_banned_phrases():
+    """The released processor configuration's banned grounding phrases, against transformers itself."""
+    # Spot checks of the released list (transformers' convert_florence2_original_pytorch_to_hf.py).
+    assert {"it", "I", "the image", "a", "each other", "a set", "none"} <= BANNED and len(BANNED) == 72
+    locs = "<loc_10><loc_20><loc_300><loc_400>"
+    texts = [
+        f"<s>the image{locs} a man{locs}{locs} it{locs}</s>",
+        f"<s>I{locs}the{locs}a dog{locs}The image{locs} it {locs}itself{locs}café{locs}</s>",
+        f"<s>a group{locs}a group of people{locs}\n it{locs}other objects{locs}</s>",
+    ]
+    for text in texts:
+        ours = parse("<CAPTION_TO_PHRASE_GROUNDING>", text, SIZE)
+        assert_same(ours, reference_parse(REFERENCE, "<CAPTION_TO_PHRASE_GROUNDING>", text, SIZE), 1e-6)
+        assert_same(ours, reference_parse(STOCK, "<CAPTION_TO_PHRASE_GROUNDING>", text, SIZE), 1.0 + 1e-6)
+    assert parse("<CAPTION_TO_PHRASE_GROUNDING>", texts[0], SIZE)["labels"] == ["a man", "a man"]
+    assert parse("<CAPTION_TO_PHRASE_GROUNDING>", texts[1], SIZE)["labels"] == ["a dog", "The image", "caf"]
+    # Referring expressions and detection labels keep every phrase.
+    assert parse("<REFERRING_EXPRESSION_COMPREHENSION>", texts[0], SIZE)["labels"] == [
+        "the image",
+        "a man",
+        "a man",
+        "it",
+    ]
+    assert parse("<OD>", texts[0], SIZE)["labels"] == ["the image", "a man", "a man", "it"]
 
 
 def test_released_checkpoint_outputs():

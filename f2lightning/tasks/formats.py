@@ -2,8 +2,13 @@
 
 Parsing reproduces transformers' `Florence2Processor.post_process_generation` (itself a port of Microsoft's
 processor): the regexes below are the same, so released checkpoints' outputs parse to the same structures.
-Two deliberate differences: coordinates are bin centres as floats (transformers >= 5 truncates them to ints,
-Microsoft's original did not), and `<pad>` is removed from pure-text answers too (batched generation pads them).
+Phrase grounding drops the phrases of the released processor configuration's `banned_grounding_tokens`
+(pronouns, "the image", lone articles, ...; `BANNED_GROUNDING_PHRASES`), as transformers does with the
+`processor_config.json` of the released checkpoints. Referring expression comprehension, which is not a task of
+the released processor, reads the same answers without that list: its answer is the expression it was asked
+about, whatever the words. Two deliberate differences remain: coordinates are bin centres as floats
+(transformers >= 5 truncates them to ints, Microsoft's original did not), and `<pad>` is removed from pure-text
+answers too (batched generation pads them).
 
 Serialization writes what the parser reads back, in Florence-2's conventions:
 - boxes `label<loc_x0><loc_y0><loc_x1><loc_y1>`; consecutive boxes of one label share it,
@@ -39,6 +44,21 @@ _POLYGON_LABEL = re.compile(r"^\s*(.*?)" + _LABEL_END + "|<poly>)")
 _POLYGON_GROUP = re.compile(r"<poly>(.*?)</poly>")
 _POLYGON_PART = re.compile(r"((?:<loc_\d+>)+)(?:<sep>|$)")
 _LEADING_LOCATION = re.compile(r"^<loc_\d+>")
+
+# `phrase_grounding.banned_grounding_tokens` of the released Florence-2 processor configuration (transformers'
+# convert_florence2_original_pytorch_to_hf.py writes it into processor_config.json): a grounded phrase equal to
+# one of these (after stripping, case-sensitive) is dropped with its boxes.
+BANNED_GROUNDING_PHRASES = frozenset(
+    [
+        "it", "I", "me", "mine", "you", "your", "yours", "he", "him", "his", "she", "her", "hers", "they", "them",
+        "their", "theirs", "one", "oneself", "we", "us", "our", "ours", "its", "myself", "yourself", "himself",
+        "herself", "itself", "ourselves", "yourselves", "themselves", "this", "that", "these", "those", "who",
+        "whom", "whose", "which", "what", "all", "another", "any", "anybody", "anyone", "anything", "each",
+        "everybody", "everyone", "everything", "few", "many", "nobody", "none", "several", "some", "somebody",
+        "someone", "something", "each other", "one another", "the image", "image", "images", "the", "a", "an",
+        "a group", "other objects", "lots", "a set",
+    ]
+)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------- serialize
@@ -158,20 +178,30 @@ def parse_boxes(text: str, image_size: ImageSize) -> dict[str, list]:
     return _parse_boxes(_LABELLED_BOXES.findall(_without_markers(text)), image_size)
 
 
+def parse_phrase_grounding(text: str, image_size: ImageSize) -> dict[str, list]:
+    """Like :func:`parse_boxes`, without the phrases of `BANNED_GROUNDING_PHRASES`."""
+    return _parse_boxes(_LABELLED_BOXES.findall(_without_markers(text)), image_size, BANNED_GROUNDING_PHRASES)
+
+
 def parse_region_proposals(text: str, image_size: ImageSize) -> dict[str, list]:
     """`{'bboxes': [...], 'labels': ['', ...]}`: every run of location tokens, text ignored."""
     return _parse_boxes(_UNLABELLED_BOXES.findall(_without_markers(text)), image_size)
 
 
-def _parse_boxes(phrases: list[str], image_size: ImageSize) -> dict[str, list]:
+def _parse_boxes(
+    phrases: list[str], image_size: ImageSize, banned: frozenset[str] = frozenset()
+) -> dict[str, list]:
     bboxes: list[list[float]] = []
     labels: list[str] = []
     for phrase in phrases:
         match = _BOX_LABEL.search(phrase)
         if not match:  # a line break inside the label
             continue
+        label = match.group().strip()
+        if label in banned:  # compared before the ASCII filter below, as transformers does
+            continue
         # Florence-2 drops non-ASCII characters from box labels.
-        label = match.group().strip().encode("ascii", "ignore").decode("ascii")
+        label = label.encode("ascii", "ignore").decode("ascii")
         for box in _BOX.finditer(phrase):
             bboxes.append(_decode(box.groups(), image_size))
             labels.append(label)
@@ -242,6 +272,8 @@ def _without_markers(text: str) -> str:
 SERIALIZERS: dict[str, Callable[[Mapping[str, Any], ImageSize], str]] = {
     "text": serialize_text,
     "boxes": serialize_boxes,
+    # Written like boxes; a banned phrase is written too (training on it does no harm), parsing then drops it.
+    "phrase_grounding": serialize_boxes,
     "region_proposals": serialize_region_proposals,
     "quad_boxes": serialize_quad_boxes,
     "polygons": serialize_polygons,
@@ -250,6 +282,7 @@ SERIALIZERS: dict[str, Callable[[Mapping[str, Any], ImageSize], str]] = {
 PARSERS: dict[str, Callable[[str, ImageSize], str | dict[str, list]]] = {
     "text": parse_text,
     "boxes": parse_boxes,
+    "phrase_grounding": parse_phrase_grounding,
     "region_proposals": parse_region_proposals,
     "quad_boxes": parse_quad_boxes,
     "polygons": parse_polygons,

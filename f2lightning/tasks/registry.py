@@ -119,9 +119,11 @@ for _task in [
     Task("<REGION_PROPOSAL>", "Locate the region proposals in the image.", 1024, True, "region_proposals"),
     Task("<OD>", "Locate the objects with category name in the image.", 1024, True, "boxes", "object_detection"),
     Task("<DENSE_REGION_CAPTION>", "Locate the objects in the image, with their descriptions.", 1024, True, "boxes"),
-    Task("<CAPTION_TO_PHRASE_GROUNDING>", "Locate the phrases in the caption: {input}", 1024, True, "boxes"),
+    Task("<CAPTION_TO_PHRASE_GROUNDING>", "Locate the phrases in the caption: {input}", 1024, True,
+         "phrase_grounding"),
     # Not in the released processor: Florence-2 answers referring expressions through phrase grounding, so
-    # the same prompt lets released checkpoints answer it; the target is the expression and its box(es).
+    # the same prompt lets released checkpoints answer it; the target is the expression and its box(es), parsed
+    # without phrase grounding's banned phrases (an expression is never dropped for its words).
     Task("<REFERRING_EXPRESSION_COMPREHENSION>", "Locate the phrases in the caption: {input}", 256, True, "boxes"),
     Task("<OPEN_VOCABULARY_DETECTION>", "Locate {input} in the image.", 1024, True, "boxes_or_polygons"),
     Task("<REFERRING_EXPRESSION_SEGMENTATION>", "Locate {input} in the image with mask", 1024, True, "polygons"),
