@@ -69,42 +69,50 @@ def _corrupt_newest(checkpoints: Path) -> int:
     return steps[-2]
 
 
-def _check_resumed(straight: Path, crashed: Path, devices: int, resume_step: int | None = None) -> None:
+def _check_resumed(straight: Path, crashed: Path, devices: int, attempts: int, resume_step: int | None = None) -> None:
     for rank in range(devices):
         reference = read_trail(straight / f"seen.rank{rank}.jsonl")
-        before = read_trail(crashed / f"crashed.rank{rank}.jsonl")
-        after = read_trail(crashed / f"seen.rank{rank}.jsonl")
-        first = after[0]["step"] - 1  # the step of the checkpoint the restart loaded
-        assert first > 0, "the restart did not resume"
-        if resume_step is not None:
-            assert first == resume_step
-        # Batches done after that checkpoint were lost with the process and are replayed, not skipped.
-        effective = [e for e in before if e["step"] <= first] + after
-        assert [e["index"] for e in effective] == [e["index"] for e in reference]
+        trails = [read_trail(crashed / f"attempt{i}.rank{rank}.jsonl") for i in range(attempts)]
+        trails.append(read_trail(crashed / f"seen.rank{rank}.jsonl"))
+        effective = trails[0]
+        for number, trail in enumerate(trails[1:]):
+            first = trail[0]["step"] - 1  # the step of the checkpoint this restart loaded
+            assert first > 0, "the restart did not resume"
+            if number == 0 and resume_step is not None:
+                assert first == resume_step
+            # Batches done after that checkpoint were lost with the process and are replayed, not skipped.
+            effective = [e for e in effective if e["step"] <= first] + trail
+        assert [(e["epoch"], e["index"]) for e in effective] == [(e["epoch"], e["index"]) for e in reference]
     a, b = torch.load(straight / "final.pt"), torch.load(crashed / "final.pt")
     for name in a:
         assert torch.allclose(a[name], b[name], atol=1e-6), name
 
 
-def _crash_and_restart(tmp_path: Path, synthetic: Path, devices: int, kill_at: int, corrupt: bool) -> None:
+def _crash_and_restart(tmp_path: Path, synthetic: Path, devices: int, kills: tuple[int, ...], corrupt: bool,
+                       **config) -> None:
     straight, crashed = tmp_path / "straight", tmp_path / "crashed"
-    _run(write_config(straight, synthetic, devices))
-    config = write_config(crashed, synthetic, devices)
-    _run_until_killed(config, crashed, kill_at)
-    assert not (crashed / "final.pt").exists()
-    for rank in range(devices):
-        (crashed / f"seen.rank{rank}.jsonl").rename(crashed / f"crashed.rank{rank}.jsonl")
-    resume_step = _corrupt_newest(crashed / "checkpoints") if corrupt else None
-    _run(config)  # the very same command
-    _check_resumed(straight, crashed, devices, resume_step)
+    _run(write_config(straight, synthetic, devices, **config))
+    run_config = write_config(crashed, synthetic, devices, **config)
+    resume_step = None
+    for attempt, kill_at in enumerate(kills):
+        _run_until_killed(run_config, crashed, kill_at)  # the very same command every time
+        assert not (crashed / "final.pt").exists()
+        for rank in range(devices):
+            (crashed / f"seen.rank{rank}.jsonl").rename(crashed / f"attempt{attempt}.rank{rank}.jsonl")
+        if corrupt and attempt == 0:
+            resume_step = _corrupt_newest(crashed / "checkpoints")
+    _run(run_config)
+    _check_resumed(straight, crashed, devices, len(kills), resume_step)
 
 
 @pytest.mark.slow
-def test_sigkill_mid_epoch_then_same_command_resumes_exactly(synthetic, tmp_path):
-    # Also truncates the newest checkpoints: auto-resume must fall back to the previous good one.
-    _crash_and_restart(tmp_path, synthetic, devices=1, kill_at=8, corrupt=True)
+def test_sigkill_late_in_epochs_twice_then_same_command_resumes_exactly(synthetic, tmp_path):
+    # Epochs of 8 batches, a checkpoint every 3 steps, 20 steps: killed one batch before the end of epoch 0 and
+    # again one before the end of epoch 1, the run must still train 8-batch epochs and end where the uninterrupted
+    # run ends. The first restart also finds its newest checkpoints truncated and falls back to the previous one.
+    _crash_and_restart(tmp_path, synthetic, devices=1, kills=(7, 15), corrupt=True, max_steps=20, epoch_length=32)
 
 
 @pytest.mark.slow
 def test_sigkill_ddp_two_processes_then_same_command_resumes_exactly(synthetic, tmp_path):
-    _crash_and_restart(tmp_path, synthetic, devices=2, kill_at=5, corrupt=False)
+    _crash_and_restart(tmp_path, synthetic, devices=2, kills=(5,), corrupt=False)

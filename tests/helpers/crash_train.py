@@ -22,7 +22,7 @@ class RecordBatches(L.Callback):
         self.out_dir = Path(out_dir)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        line = json.dumps({"step": trainer.global_step, "index": batch.get("index", [])})
+        line = json.dumps({"step": trainer.global_step, "epoch": trainer.current_epoch, "index": batch.get("index", [])})
         with open(self.out_dir / f"seen.rank{trainer.global_rank}.jsonl", "a") as f:
             f.write(line + "\n")
         if trainer.is_global_zero:
@@ -35,7 +35,9 @@ class RecordBatches(L.Callback):
             torch.save(pl_module.model.state_dict(), self.out_dir / "final.pt")
 
 
-def write_config(run: Path, data: Path, devices: int = 1, max_steps: int = 12, every: int = 3) -> Path:
+def write_config(
+    run: Path, data: Path, devices: int = 1, max_steps: int = 12, every: int = 3, epoch_length: int = 64
+) -> Path:
     """A tiny CPU run whose checkpoints and trail all live in `run`; DDP halves the per-rank batch."""
     config = {
         "seed_everything": 0,
@@ -53,7 +55,7 @@ def write_config(run: Path, data: Path, devices: int = 1, max_steps: int = 12, e
         "model": {"preset": "tiny", "config_overrides": json.loads(json.dumps(MICRO)), "lr": 2e-3, "warmup_steps": 2,
                   "num_beams": 1, "log_predictions": 0},
         "data": {"synthetic_dir": str(data), "synthetic_images": 40, "tokenizer_vocab_size": 600, "image_size": 64,
-                 "batch_size": 4 // devices, "epoch_length": 64, "num_workers": 0, "tasks": TASKS,
+                 "batch_size": 4 // devices, "epoch_length": epoch_length, "num_workers": 0, "tasks": TASKS,
                  "val_samples_per_task": 4, "max_target_length": 512},
     }
     run.mkdir(parents=True, exist_ok=True)
