@@ -1,12 +1,16 @@
-"""Every training config parses and instantiates through LightningCLI (CPU overrides; no data is read)."""
+"""Every training config parses and instantiates through LightningCLI, and trains two steps on tiny data with CPU
+overrides."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from f2lightning.training.cli import main as lightning_cli
+from tests.helpers import training as helpers
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 CPU = ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strategy=auto", "--trainer.precision=32-true"]
@@ -48,3 +52,56 @@ def test_paper_batch_sizes():
                             (("pretrain_large_384.yaml",), 3072), (("pretrain_large_384.yaml", "pretrain_large_768.yaml"), 3072)]:
         cli = _instantiate(*files)
         assert cli.datamodule.hparams.batch_size * 8 * cli.trainer.accumulate_grad_batches == expected, files
+
+
+# ---------------------------------------------------------------------------- every config trains
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    """Synthetic records with every task, their tokenizer, and a tiny checkpoint in the transformers layout that
+    stands in for released Florence-2 weights."""
+    root = tmp_path_factory.mktemp("config_data")
+    data = helpers.datamodule(root / "synthetic")
+    data.prepare_data()
+    data.setup("validate")
+    module = helpers.module()
+    module._build(data.tokenizer)
+    module.export(root / "florence2")
+    return root
+
+
+def _tiny_run(data: Path, pretrained: bool) -> list[str]:
+    """What turns a shipped config into a two-step CPU run on the tiny data; everything else stays the config's."""
+    synthetic = data / "synthetic"
+    model = [f"--model.pretrained={data / 'florence2'}"] if pretrained else [
+        "--model.preset=tiny", f"--model.config_overrides={json.dumps(helpers.MICRO)}"]
+    return [
+        *CPU, "--trainer.max_steps=2", "--trainer.accumulate_grad_batches=1", "--trainer.limit_val_batches=0",
+        "--trainer.num_sanity_val_steps=0", "--trainer.enable_progress_bar=false",
+        f"--data.train_files=[{synthetic / 'train.jsonl'}]", f"--data.val_files=[{synthetic / 'val.jsonl'}]",
+        f"--data.tokenizer={data / 'florence2' if pretrained else synthetic / 'tokenizer'}", "--data.image_size=64",
+        "--data.batch_size=2", "--data.num_workers=0", "--data.max_target_length=512", "--data.val_samples_per_task=1",
+        *model, "--model.hold_encoders_steps=0", "--model.warmup_steps=1",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("files", [(name,) for name in BASES] + LAYERED, ids=lambda files: "+".join(files))
+def test_config_trains_two_steps(files, tiny_data, tmp_path, monkeypatch):
+    # Through `fit` as a user runs it, logger included: Lightning merges the model's and the data's hyperparameters
+    # when it logs them, and a setting both declare with different values stops the run before step 0.
+    monkeypatch.chdir(tmp_path)  # the configs' relative run folders land here
+    config = load_config(*files)
+    pretrained = bool(config.get("model", {}).get("pretrained"))
+    args = [arg for name in files for arg in ("-c", str(CONFIGS / name))]
+    cli = lightning_cli(["fit", *args, *_tiny_run(tiny_data, pretrained)])
+    assert cli.trainer.global_step == 2
+    assert cli.trainer.loggers, "the run must log its hyperparameters, as the shipped configs do"
+
+
+def load_config(*files: str) -> dict:
+    """The configs merged as LightningCLI layers them (later files override earlier keys, one level deep is enough
+    for the keys read here)."""
+    merged: dict = {}
+    for name in files:
+        for key, value in (yaml.safe_load((CONFIGS / name).read_text()) or {}).items():
+            merged[key] = {**merged.get(key, {}), **value} if isinstance(value, dict) else value
+    return merged

@@ -1,7 +1,8 @@
 """`Florence2LitModule`: the unified seq2seq objective over mixed tasks (paper §3.4, §6.1).
 
 The model is built in `configure_model` (so FSDP / DeepSpeed can shard it at creation) once the tokenizer is
-known, either from `tokenizer=` or from the datamodule. Frozen parts use `requires_grad_(False)`, stay in eval
+known: the datamodule's (`data.tokenizer`, the one tokenizer setting of a run), else the `pretrained`
+checkpoint's, else the one a resumed checkpoint recorded. Frozen parts use `requires_grad_(False)`, stay in eval
 mode through `.train()`, and are left out of the optimizer.
 """
 
@@ -71,7 +72,6 @@ class Florence2LitModule(L.LightningModule):
         pretrained: str | None = None,
         vision_init: str | None = None,
         language_init: str | None = None,
-        tokenizer: str | None = None,
         image_size: int | None = None,
         lr: float = 1e-4,
         weight_decay: float = 0.05,
@@ -99,7 +99,6 @@ class Florence2LitModule(L.LightningModule):
                 `f2lightning.model.checkpoints.vision_tower_state_dict` reads (timm, Florence-2, ours).
             language_init: a BART checkpoint directory (e.g. a local copy of `facebook/bart-base`) to start the
                 multi-modal encoder-decoder from (paper §6.1); its vocabulary is resized to the tokenizer's.
-            tokenizer: tokenizer directory; default: the datamodule's, else the pretrained checkpoint's.
             image_size: input resolution (384 pre-training, 768 high-resolution tuning); linked to the data's.
             vision_lr_scale: the image encoder's learning rate is `lr * vision_lr_scale`. Below 1 (e.g. 0.1) it keeps
                 a DaViT trained from scratch from collapsing to image-independent features in its first steps
@@ -127,15 +126,11 @@ class Florence2LitModule(L.LightningModule):
         self._compiled_token_loss = None
 
     # ------------------------------------------------------------------ building
-    def _tokenizer(self):
-        from f2lightning.tokenizer import load_tokenizer
+    def _datamodule(self):
+        return getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
 
-        if self.hparams.tokenizer:
-            return load_tokenizer(self.hparams.tokenizer)
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if datamodule is not None and getattr(datamodule, "tokenizer", None) is not None:
-            return datamodule.tokenizer
-        return None
+    def _tokenizer(self):
+        return getattr(self._datamodule(), "tokenizer", None)
 
     def configure_model(self) -> None:
         if self.model is not None:
@@ -151,7 +146,7 @@ class Florence2LitModule(L.LightningModule):
             if config is None:
                 config = Florence2Config.preset(hp.preset, **(hp.config_overrides or {}))
                 if tokenizer is None:
-                    raise ValueError("no tokenizer: give `tokenizer`, a datamodule with one, or `pretrained` weights")
+                    raise ValueError("no tokenizer: give a datamodule with one (`data.tokenizer`) or `pretrained` weights")
                 # Padding the vocabulary to a multiple of 64 keeps the LM head's matmul on fast tensor-core shapes.
                 config = config.replace(
                     text={"vocab_size": -(-len(tokenizer) // 64) * 64},
@@ -161,7 +156,7 @@ class Florence2LitModule(L.LightningModule):
                 config = config.replace(image_size=hp.image_size)
             model = Florence2(config)
         if tokenizer is None:
-            raise ValueError(f"{hp.pretrained}: the checkpoint has no tokenizer files; pass `tokenizer`")
+            raise ValueError(f"{hp.pretrained}: the checkpoint has no tokenizer files; set `data.tokenizer`")
         if hp.vision_init:
             init_vision_tower(model, hp.vision_init)
         if hp.language_init:
@@ -357,7 +352,7 @@ class Florence2LitModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["f2lightning"] = {
             "model_config": self.model.config.to_dict(),
-            "tokenizer_dir": self.hparams.tokenizer or getattr(getattr(self.trainer, "datamodule", None), "tokenizer_path", None),
+            "tokenizer_dir": getattr(self._datamodule(), "tokenizer_path", None),
         }
         if checkpoint["f2lightning"]["tokenizer_dir"] is not None:
             checkpoint["f2lightning"]["tokenizer_dir"] = str(checkpoint["f2lightning"]["tokenizer_dir"])
@@ -367,8 +362,9 @@ class Florence2LitModule(L.LightningModule):
             info = checkpoint.get("f2lightning", {})
             from f2lightning.tokenizer import load_tokenizer
 
-            tokenizer_dir = self.hparams.tokenizer or info.get("tokenizer_dir")
-            tokenizer = load_tokenizer(tokenizer_dir) if tokenizer_dir else None
+            tokenizer = self._tokenizer()
+            if tokenizer is None and info.get("tokenizer_dir"):
+                tokenizer = load_tokenizer(info["tokenizer_dir"])
             self._build(tokenizer, Florence2Config.from_dict(info["model_config"]))
 
     def export(self, path: str | Path) -> Path:

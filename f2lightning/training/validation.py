@@ -63,9 +63,6 @@ def model_problems(hp: Mapping[str, Any]) -> list[str]:
             Florence2Config.preset(hp.get("preset", "tiny"), **dict(hp.get("config_overrides") or {}))
         except (KeyError, TypeError, ValueError) as error:
             problems.append(f"model.preset / config_overrides: {error}")
-    tokenizer = hp.get("tokenizer")
-    if tokenizer and not _is(tokenizer, Path.is_dir):
-        problems.append(f"model.tokenizer {tokenizer} is not a directory")
     if not _positive(hp.get("lr", 1.0)):
         problems.append(f"model.lr must be a positive number, got {hp.get('lr')}")
     if not _positive(hp.get("vision_lr_scale", 1.0)):
