@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -12,6 +16,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from PIL import Image
 
 from f2lightning.data.datamodule import Florence2DataModule
@@ -21,10 +26,12 @@ from f2lightning.images import BadImageError, load_image
 from f2lightning.model import Florence2, Florence2Config
 from f2lightning.model.checkpoints import CheckpointError
 from f2lightning.processor import Florence2Processor
-from f2lightning.training.checkpointing import AtomicCheckpointIO, find_resume_checkpoint
+from f2lightning.training.checkpointing import AtomicCheckpointIO, find_resume_checkpoint, resume_path
 from f2lightning.training.module import NonFiniteLossError
 from f2lightning.training.validation import ConfigError, validate_fit
 from tests.helpers import training as helpers
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -285,6 +292,27 @@ def test_auto_resume_falls_back_to_the_previous_good_checkpoint(tmp_path):
         (tmp_path / name).write_bytes((tmp_path / name).read_bytes()[:100])
     assert find_resume_checkpoint([tmp_path]) == (tmp_path / "step=3.ckpt").resolve()
     assert find_resume_checkpoint([tmp_path / "missing"]) is None
+
+
+def test_a_write_killed_before_its_rename_leaves_a_temporary_file_the_next_start_removes(tmp_path):
+    # A real kill: the child process SIGKILLs itself where the rename would happen, after the data is on disk.
+    child = f"""
+import os, signal, torch
+from pathlib import Path
+from f2lightning.training.checkpointing import atomic_torch_save
+os.replace = lambda *args: os.kill(os.getpid(), signal.SIGKILL)
+atomic_torch_save({{"state_dict": {{}}, "global_step": 3}}, Path({str(tmp_path / "ckpt" / "last.ckpt")!r}))
+"""
+    done = subprocess.run([sys.executable, "-c", child], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == -signal.SIGKILL
+    left = list((tmp_path / "ckpt").iterdir())
+    assert len(left) == 1 and left[0].name.startswith(".last.ckpt.") and left[0].suffix == ".tmp"
+    (tmp_path / "ckpt" / "notes.tmp").write_text("not ours")  # only the checkpoint writer's own files go
+
+    trainer = L.Trainer(default_root_dir=tmp_path, logger=False,
+                        callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt")])  # fmt: skip
+    assert resume_path(None, "auto", trainer) is None  # nothing complete to resume from
+    assert [p.name for p in (tmp_path / "ckpt").iterdir()] == ["notes.tmp"]
 
 
 # ---------------------------------------------------------------------------- configuration

@@ -52,6 +52,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise CheckpointError(f"{path}: cannot be read as a checkpoint ({type(error).__name__}: {error})") from error
 
 
+# `atomic_torch_save`'s temporary files: `.<checkpoint name>.<random>.tmp` beside the checkpoint.
+_TEMPORARY_GLOB = ".*.ckpt.*.tmp"
+
+
 def atomic_torch_save(obj: Any, path: Path) -> None:
     """`torch.save` to a temporary file beside `path`, flushed to disk, then renamed over `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -93,6 +97,19 @@ def verify_checkpoint(path: str | os.PathLike) -> int:
     return int(checkpoint["global_step"])
 
 
+def remove_interrupted_writes(folders: Iterable[str | os.PathLike]) -> list[Path]:
+    """Delete the temporary files that `atomic_torch_save` left behind when its process was killed mid-write.
+
+    Called when a run starts, before any rank trains (a write in progress needs a training step first), so every
+    such file belongs to a dead process. Returns the files removed (also logged).
+    """
+    stale = [p for folder in folders if Path(folder).is_dir() for p in Path(folder).rglob(_TEMPORARY_GLOB)]
+    for path in stale:
+        path.unlink(missing_ok=True)
+        log.info("removed %s, left by a checkpoint write that was interrupted", path)
+    return stale
+
+
 def find_resume_checkpoint(folders: Iterable[str | os.PathLike]) -> Path | None:
     """The newest `*.ckpt` under `folders` (searched recursively) that verifies; None when there is none.
 
@@ -121,6 +138,7 @@ def resume_path(ckpt_path: str | os.PathLike | None, resume: str, trainer: pl.Tr
     if ckpt_path not in (None, "last") or (ckpt_path is None and resume != "auto"):
         return None if ckpt_path is None else str(ckpt_path)
     folders = [cb.dirpath for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint) and cb.dirpath]
+    remove_interrupted_writes(folders or [trainer.default_root_dir])
     found = find_resume_checkpoint(folders or [trainer.default_root_dir])
     if found is None:
         log.info("no checkpoint to resume from in %s: starting from scratch", folders or trainer.default_root_dir)
