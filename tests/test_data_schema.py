@@ -109,6 +109,9 @@ def minimal(**fields) -> dict:
         ({"texts": {"long": ["x"]}}, "bad_field", "unknown granularity"),
         ({"vqa": [{"question": "why?", "answers": []}]}, "bad_field", "answers is empty"),
         ({"width": 0}, "bad_field", "width must be a positive integer"),
+        ({"width": 10**400}, "bad_field", "width must be a positive integer (at most 2147483647), got 1000"),
+        # JSON integers beyond any float used to end in OverflowError
+        ({"regions": [{"box": [1, 1, 10**400, 2]}]}, "nan_coordinate", "non-finite"),
     ],
 )
 def test_validation_names_the_place(fields: dict, reason: str, message: str) -> None:

@@ -43,6 +43,8 @@ from typing import Any
 from f2lightning.tasks.text import label_problem, ocr_text_problem
 
 GRANULARITIES = ("brief", "detailed", "more_detailed")
+# PNG's limit, the largest of the common image formats; it also keeps every coordinate a finite float.
+MAX_IMAGE_SIDE = 2**31 - 1
 
 
 class BadRecordError(ValueError):
@@ -272,20 +274,29 @@ class _Validator:
         return value
 
     def size(self, value: Any, name: str) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise self.fail("bad_field", f"{name} must be a positive integer, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_IMAGE_SIDE:
+            raise self.fail(
+                "bad_field",
+                f"{name} must be a positive integer (at most {MAX_IMAGE_SIDE}), got {_short(value)}",
+            )
         return value
 
     def numbers(self, value: Any, name: str, length: int | None = None) -> list[float]:
         values = self.array(value, name)
         if length is not None and len(values) != length:
             raise self.fail("bad_field", f"{name} must have {length} numbers, got {len(values)}")
+        out = []
         for v in values:
             if isinstance(v, bool) or not isinstance(v, int | float):
-                raise self.fail("bad_field", f"{name} must hold numbers, got {v!r}")
-            if not math.isfinite(v):
-                raise self.fail("nan_coordinate", f"{name} {values} has a non-finite coordinate")
-        return [float(v) for v in values]
+                raise self.fail("bad_field", f"{name} must hold numbers, got {_short(v)}")
+            try:
+                number = float(v)
+            except OverflowError:  # an integer of hundreds of digits: as good as infinite
+                number = math.inf
+            if not math.isfinite(number):
+                raise self.fail("nan_coordinate", f"{name} {_short(values)} has a non-finite coordinate")
+            out.append(number)
+        return out
 
     # -- geometry ---------------------------------------------------------------------------
     def inside(self, points: list[float], name: str, reason: str) -> None:
@@ -392,3 +403,9 @@ class _Validator:
 
 def _fmt(values: list[float]) -> str:
     return "[" + ", ".join(f"{v:g}" for v in values) + "]"
+
+
+def _short(value: Any) -> str:
+    """`repr` cut to a readable length: a bad value may be a 400-digit number or a whole nested object."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
