@@ -97,3 +97,16 @@ def test_expand_renders_prompts_and_targets() -> None:
     )
     vqa = next(s for s in samples if s.task == "<VQA>")
     assert (vqa.prompt, vqa.target) == ("what animal?", "cat")
+
+
+def test_labels_at_the_edge_of_the_writability_rule_validate_and_expand() -> None:
+    # What the schema lets through must expand: padded labels, '>' and, in OCR text only, '<'.
+    record = full_record(
+        regions=[Region(box=BOX_A, category="  dog ", brief="a>b", referring=["the dog\t"])],
+        ocr=[OcrLine([1, 1, 9, 1, 9, 5, 1, 5], "x < y")],
+    )
+    record = Record.from_json(record.to_json(), "edge.jsonl:1")
+    targets = {s.task: s.target for s in expand(record)}
+    assert targets["<OD>"].startswith("dog<loc_")
+    assert targets["<DENSE_REGION_CAPTION>"].startswith("a>b<loc_")
+    assert get_task("<OCR_WITH_REGION>").parse(targets["<OCR_WITH_REGION>"], (100, 50))["labels"] == ["x < y"]
