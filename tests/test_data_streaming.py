@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import re
+import shutil
 from collections import Counter
 
 import lightning as L
@@ -18,7 +20,7 @@ from f2lightning.data.dataset import Collator, MultitaskDataset
 from f2lightning.data.expand import expand
 from f2lightning.data.records import SkipReport, read_records
 from f2lightning.data.schema import BadRecordError
-from f2lightning.data.streaming import build_stream, streaming_loader, write_shards
+from f2lightning.data.streaming import ShardError, build_stream, streaming_loader, write_shards
 from f2lightning.data.synthetic import SyntheticConfig, make_synthetic
 from f2lightning.processor import Florence2Processor
 
@@ -290,3 +292,62 @@ def test_datamodule_streams_runs_from_by_image_shards_only(corpus, by_image, pro
         per_task.train_dataloader()
     with pytest.raises(FileNotFoundError, match="written --by-image"):
         build_stream(by_image, processor)  # one task per sample needs the per-task shards
+
+
+# ---------------------------------------------------------------------------- shards that must not be trusted
+class _WritesAMarker:
+    """Pickles to a call of `open(marker, "w")`: loading it creates the file."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def _item_with_pickled_field(marker: str):
+    return {"image": b"x", "image_name": b"a.png", "image_size": (1, 1), "prompt": "p", "target": "t", "task": "<OD>",
+            "payload": _WritesAMarker(marker)}
+
+
+def test_a_shard_declaring_a_pickle_field_is_refused_before_its_code_runs(tmp_path, processor) -> None:
+    from litdata import optimize
+
+    marker = tmp_path / "ran"
+    optimize(fn=_item_with_pickled_field, inputs=[str(marker)], output_dir=str(tmp_path / "object_detection"),
+             chunk_bytes="4KB",
+             num_workers=1, start_method="fork", verbose=False)  # fmt: skip
+    assert "pickle" in json.loads((tmp_path / "object_detection" / "index.json").read_text())["config"]["data_format"]
+    with pytest.raises(ShardError, match=r"object_detection: a field is declared as 'pickle'"):
+        list(streaming_loader(build_stream(str(tmp_path), processor, tasks=["<OD>"]), processor, 1, 0))
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("damage", ["empty chunk", "cut chunk", "missing chunk", "garbled index"])
+def test_a_damaged_shard_is_an_error_naming_the_file(corpus, tmp_path, processor, damage) -> None:
+    shards = tmp_path / "shards"
+    shutil.copytree(corpus["shards"], shards)
+    task = shards / "caption"
+    chunk = sorted(task.glob("chunk-*.bin"))[1]
+    if damage == "empty chunk":
+        chunk.write_bytes(b"")
+    elif damage == "cut chunk":
+        chunk.write_bytes(chunk.read_bytes()[:-7])
+    elif damage == "missing chunk":
+        chunk.unlink()
+    else:
+        (task / "index.json").write_text('{"chunks": [')
+    named = task / "index.json" if damage == "garbled index" else chunk
+    with pytest.raises(ShardError, match=re.escape(str(named))):
+        build_stream(str(shards), processor, tasks=["<CAPTION>"])
+
+
+def test_an_item_whose_bytes_do_not_decode_is_an_error_naming_the_shard(corpus, tmp_path, processor) -> None:
+    shards = tmp_path / "shards"
+    shutil.copytree(corpus["shards"], shards)
+    chunk = sorted((shards / "caption").glob("chunk-*.bin"))[0]
+    data = bytearray(chunk.read_bytes())
+    data[4:12] = b"\xff" * 8  # the item offsets: same size, nonsense positions
+    chunk.write_bytes(bytes(data))
+    with pytest.raises(ShardError, match=re.escape(str(shards / "caption")) + r", chunk \d+: item \d+ cannot be read"):
+        list(streaming_loader(build_stream(str(shards), processor, tasks=["<CAPTION>"]), processor, 4, 0))

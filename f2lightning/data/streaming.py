@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from litdata import CombinedStreamingDataset, StreamingDataLoader, StreamingDataset, optimize
 from litdata.streaming.sampler import ChunkedIndex
+from litdata.streaming.serializers import _SERIALIZERS, Serializer
 from PIL import Image
 
 from f2lightning.data.dataset import Collator
@@ -148,6 +149,58 @@ def _optimize(fn, jobs: list[_ImageSamples], output_dir: str, chunk_bytes: str |
 
 
 # ---------------------------------------------------------------------------------------- reading
+class ShardError(ValueError):
+    """Shards that cannot be read safely or at all; the message names the file or folder."""
+
+
+# What `write_shards` stores: encoded image bytes, strings and integers. litdata would also read fields that a shard's
+# index.json declares as `pickle` (or `graph`, which falls back to pickle) and run whatever code they carry, in a
+# DataLoader worker; every format outside this set is refused when the shard is opened, before any item is read.
+SAFE_FIELD_FORMATS = frozenset({"bytes", "str", "int", "float", "bool"})
+
+
+class _RefusedFormat(Serializer):
+    """Stands in for litdata's serializer of a format our shards never hold: opening a shard that declares it fails."""
+
+    def __init__(self, name: str, input_dir: str) -> None:
+        self.name, self.input_dir = name, input_dir
+
+    def setup(self, metadata: Any) -> None:
+        raise ShardError(
+            f"{self.input_dir}: a field is declared as {metadata!r}; f2lightning reads only fields of the formats "
+            f"{sorted(SAFE_FIELD_FORMATS)} (a {self.name!r} field can run code when it is read). Rewrite the shards "
+            "with `f2lightning shard`."
+        )
+
+    def serialize(self, data: Any) -> tuple[bytes, str | None]:
+        raise ShardError(f"{self.input_dir}: f2lightning does not write {self.name!r} fields")
+
+    def deserialize(self, data: bytes) -> Any:
+        raise ShardError(f"{self.input_dir}: f2lightning does not read {self.name!r} fields")
+
+    def can_serialize(self, data: Any) -> bool:
+        return False
+
+
+def _check_local_shards(input_dir: str) -> None:
+    """A local shard folder's index parses and lists chunk files of the sizes it declares: a truncated or missing
+    chunk is found here, naming the file, instead of as a bare mmap / struct error deep in a worker."""
+    index = Path(input_dir) / "index.json"
+    try:
+        chunks = json.loads(index.read_text())["chunks"]
+        declared = {chunk["filename"]: int(chunk["chunk_bytes"]) for chunk in chunks}
+    except FileNotFoundError:
+        raise ShardError(f"{index}: no shard index; run `f2lightning shard`") from None
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as error:
+        raise ShardError(f"{index}: not a litdata shard index ({type(error).__name__}: {error})") from error
+    for name, size in declared.items():
+        chunk = Path(input_dir) / name
+        actual = chunk.stat().st_size if chunk.is_file() else None
+        if actual != size:
+            found = "is missing" if actual is None else f"has {actual} bytes"
+            raise ShardError(f"{chunk}: {found}; {index} declares {size} (a copy was cut short?)")
+
+
 class _ImageShards(StreamingDataset):
     """Shards whose items carry an encoded image: shuffled, and decoded by the training processor."""
 
@@ -158,9 +211,26 @@ class _ImageShards(StreamingDataset):
         on_bad_sample: OnBadSample = "skip",
         seed: int = 0,
     ) -> None:
-        super().__init__(input_dir, shuffle=True, seed=seed)
+        if "://" not in input_dir:
+            _check_local_shards(input_dir)
+        refused = {name: _RefusedFormat(name, input_dir) for name in _SERIALIZERS if name not in SAFE_FIELD_FORMATS}
+        super().__init__(input_dir, shuffle=True, seed=seed, serializers=refused)
         self.processor = processor
         self.on_bad_sample = on_bad_sample
+        self.shard_dir = input_dir
+
+    def _read(self, index: ChunkedIndex | int) -> dict[str, Any]:
+        """litdata's item, or a `ShardError` naming the folder (and chunk) when its bytes do not decode."""
+        try:
+            return super().__getitem__(index)
+        except ShardError:
+            raise
+        except Exception as error:  # litdata raises struct / value / mmap errors that name no file
+            chunk = f", chunk {index.chunk_index}" if isinstance(index, ChunkedIndex) else ""
+            raise ShardError(
+                f"{self.shard_dir}{chunk}: item {getattr(index, 'index', index)} cannot be read "
+                f"({type(error).__name__}: {error})"
+            ) from error
 
     def _decode(self, item: dict[str, Any]) -> tuple[str, torch.Tensor | str]:
         """The item's image name and pixels, or why they cannot be decoded (raised with `on_bad_sample='raise'`)."""
@@ -187,7 +257,7 @@ class TaskStream(_ImageShards):
     """
 
     def __getitem__(self, index: ChunkedIndex | int) -> dict[str, Any]:
-        item = super().__getitem__(index)
+        item = self._read(index)
         position = index.index if isinstance(index, ChunkedIndex) else index
         image_name, pixels = self._decode(item)
         if isinstance(pixels, str):
@@ -222,7 +292,7 @@ class ImageRunStream(_ImageShards):
         self.tasks = set(tasks or ALL_TASKS) & set(self.task_weights or ALL_TASKS)
 
     def __getitem__(self, index: ChunkedIndex | int) -> list[dict[str, Any]]:
-        item = super().__getitem__(index)
+        item = self._read(index)
         position = index.index if isinstance(index, ChunkedIndex) else index
         by_task: dict[str, list[tuple[str, str]]] = defaultdict(list)
         for task, prompt, target in json.loads(item["samples"]):
@@ -335,4 +405,4 @@ def streaming_loader(
     )
 
 
-__all__ = ["ImageRunStream", "TaskStream", "build_stream", "streaming_loader", "task_dirs", "write_shards"]
+__all__ = ["ImageRunStream", "ShardError", "TaskStream", "build_stream", "streaming_loader", "task_dirs", "write_shards"]
