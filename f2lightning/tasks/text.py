@@ -15,7 +15,7 @@ OCR_FORBIDDEN = "\n"
 
 
 def label_problem(text: str, forbidden: str = LABEL_FORBIDDEN) -> str | None:
-    """Why `text` cannot be written as a label (`'holds '<''`, ...), or None when it can."""
+    """Why `text` cannot be written as a label (e.g. `holds '<'`), or None when it can."""
     stripped = text.strip()
     if not stripped:
         return "is empty or only whitespace"
