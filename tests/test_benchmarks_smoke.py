@@ -1,6 +1,6 @@
 """Every benchmark script runs end to end at its smallest settings and prints its JSON line (no timing checks).
 
-The scripts' `run(parse_args([...]))` is called in this process: starting four interpreters would spend most
+The scripts' `run(parse_args([...]))` is called in this process: starting five interpreters would spend most
 of the time importing torch and transformers.
 """
 
@@ -19,7 +19,8 @@ SCRIPTS = {
                    "--breakdown"],
     "data_pipeline": [*SMALL, "--batches", "1"],
     "efficiency": [*SMALL, "--steps", "1", "--warmup", "0", "--matmul-size", "64"],
-}
+    "parsing": ["--tokens", "64", "--long-chars", "2000", "--repeats", "1"],
+}  # fmt: skip
 
 
 @pytest.mark.parametrize("script", sorted(SCRIPTS))

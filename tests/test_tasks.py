@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import random
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -513,3 +515,63 @@ def test_released_checkpoint_outputs():
     for token, text in examples.items():
         assert_same(parse(token, text, size), reference_parse(REFERENCE, token, text, size), 1e-6)
     assert parse("<OD>", examples["<OD>"], size)["labels"] == ["car", "wheel", "wheel"]
+
+
+# ------------------------------------------------------------------------------------- long outputs
+
+LOCATION_PARSERS = ["<OD>", "<CAPTION_TO_PHRASE_GROUNDING>", "<REGION_PROPOSAL>", "<OCR_WITH_REGION>",
+                    "<REGION_TO_SEGMENTATION>", "<OPEN_VOCABULARY_DETECTION>"]  # fmt: skip
+
+
+def long_outputs(chars: int) -> dict[str, str]:
+    """Garbled outputs of about `chars` characters, in the shapes the reference regexes backtrack on."""
+    rng = random.Random(chars)
+    mixed = []
+    while sum(map(len, mixed)) < chars:
+        mixed.append(rng.choice(["<loc_7>" * rng.randrange(1, 9), " a dog", "\n", "<poly>", "<sep>", " "]))
+    locations = "".join(f"<loc_{k % 1000}>" for k in range(chars // 8))
+    return {
+        "mixed": "".join(mixed),
+        "locations without labels": locations + "<poly>",
+        "text without <": "a dog " * (chars // 6),
+        "spaces, then a broken label": " " * chars + "a\nb" + L4,
+    }
+
+
+def test_long_outputs_parse_correctly():
+    locations = long_outputs(50_000)["locations without labels"].removesuffix("<poly>")
+    assert len(parse("<REGION_PROPOSAL>", locations, SIZE)["bboxes"]) == 6250 // 4
+    assert parse("<OD>", "car" + locations, SIZE)["labels"] == ["car"] * (6250 // 4)
+    assert parse("<REGION_TO_SEGMENTATION>", locations + "<poly>", SIZE) == {"polygons": [], "labels": []}
+    assert len(parse("<REGION_TO_SEGMENTATION>", locations, SIZE)["polygons"][0][0]) == 6250
+    outputs = long_outputs(50_000)
+    for token in LOCATION_PARSERS:
+        assert not any(parse(token, outputs["text without <"], SIZE).values())
+        # A label broken by a line break is no label; the formats without labels read the locations anyway.
+        broken = parse(token, outputs["spaces, then a broken label"], SIZE)
+        assert any(broken.values()) == (token in ("<REGION_PROPOSAL>", "<REGION_TO_SEGMENTATION>"))
+    # The mixed shape, small enough for the (quadratic) reference, agrees with it.
+    text = long_outputs(3_000)["mixed"]
+    for token in LOCATION_PARSERS:
+        assert_same(parse(token, text, SIZE), reference_parse(REFERENCE, token, text, SIZE), 1e-6)
+
+
+@pytest.mark.parametrize("shape", sorted(long_outputs(10)))
+def test_parsing_time_grows_linearly(shape):
+    """16 outputs of n characters and one of 16n take about as long (a quadratic parser: 16 times longer).
+
+    A ratio of two timings taken side by side, best of five, with a 4x margin: no absolute time is assumed.
+    """
+    short, long = long_outputs(3_000)[shape], long_outputs(48_000)[shape]
+
+    def best_of_five(texts):
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            for text in texts:
+                for token in LOCATION_PARSERS:
+                    parse(token, text, SIZE)
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    assert best_of_five([long]) < 4 * best_of_five([short] * 16)

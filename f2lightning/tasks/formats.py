@@ -1,7 +1,12 @@
-"""Target texts of each output format: annotation dict → text (serialize) and model text → result (parse).
+r"""Target texts of each output format: annotation dict → text (serialize) and model text → result (parse).
 
 Parsing reproduces transformers' `Florence2Processor.post_process_generation` (itself a port of Microsoft's
-processor): the regexes below are the same, so released checkpoints' outputs parse to the same structures.
+processor): its regexes' results, so released checkpoints' outputs parse to the same structures.
+The reference regexes backtrack quadratically on long outputs (`[^<]+` and `.+?` retried from every
+position of a long text, `(?:<loc_\d+>)+` from every token of a long run): a 1024-token output took up to a
+second, 50k characters nearly a minute. The parsers here scan each text once and return what those regexes
+return, match for match (`benchmarks/parsing.py` keeps the regexes as its baseline).
+
 Phrase grounding drops the phrases of the released processor configuration's `banned_grounding_tokens`
 (pronouns, "the image", lone articles, ...; `BANNED_GROUNDING_PHRASES`), as transformers does with the
 `processor_config.json` of the released checkpoints. Referring expression comprehension, which is not a task of
@@ -31,19 +36,15 @@ from f2lightning.tasks.text import label_problem, ocr_text_problem
 ImageSize = Sequence[float]
 
 _GENERATION_MARKERS = ("<s>", "</s>", "<pad>")
-_LABEL_END = r"(?=<od>|</od>|<box>|</box>|<bbox>|</bbox>|<loc_"
-_BOX_LABEL = re.compile(r"^\s*(.*?)" + _LABEL_END + ")")
-_LABELLED_BOXES = re.compile(r"([^<]+(?:<loc_\d+>){4,})")
-_UNLABELLED_BOXES = re.compile(r"(?:<loc_\d+>){4,}")
-_BOX = re.compile(r"<loc_(\d+)><loc_(\d+)><loc_(\d+)><loc_(\d+)>")
-_QUAD = re.compile(r"(.+?)" + r"<loc_(\d+)>" * 8)
-_POLYGON_TOKEN = r"(?:<loc_\d+>|<sep>|<poly>|</poly>)"
-_LABELLED_POLYGONS = re.compile(rf"([^<]+{_POLYGON_TOKEN}{{4,}})")
-_UNLABELLED_POLYGONS = re.compile(rf"{_POLYGON_TOKEN}{{4,}}")
-_POLYGON_LABEL = re.compile(r"^\s*(.*?)" + _LABEL_END + "|<poly>)")
-_POLYGON_GROUP = re.compile(r"<poly>(.*?)</poly>")
-_POLYGON_PART = re.compile(r"((?:<loc_\d+>)+)(?:<sep>|$)")
-_LEADING_LOCATION = re.compile(r"^<loc_\d+>")
+# Tokens a label ends before: the lookahead of the reference's `^\s*(.*?)(?=<od>|...|<loc_)`; polygons add `<poly>`.
+_BOX_LABEL_ENDS = ("<od>", "</od>", "<box>", "</box>", "<bbox>", "</bbox>", "<loc_")
+_POLYGON_LABEL_ENDS = (*_BOX_LABEL_ENDS, "<poly>")
+# Runs of structure tokens, matched at one position only (never searched from every position of a text).
+_BOX_RUN = re.compile(r"(?:<loc_\d+>){4,}")
+_POLYGON_RUN = re.compile(r"(?:<loc_\d+>|<sep>|<poly>|</poly>){4,}")
+_LOCATION_RUN = re.compile(r"(?:<loc_\d+>)+")
+_QUAD_LOCATIONS = re.compile(r"<loc_(\d+)>" * 8)
+_LEADING_LOCATION = re.compile(r"<loc_\d+>")
 
 # `phrase_grounding.banned_grounding_tokens` of the released Florence-2 processor configuration (transformers'
 # convert_florence2_original_pytorch_to_hf.py writes it into processor_config.json): a grounded phrase equal to
@@ -175,17 +176,18 @@ def parse_text(text: str, image_size: ImageSize | None = None) -> str:
 
 def parse_boxes(text: str, image_size: ImageSize) -> dict[str, list]:
     """`{'bboxes': [[x0, y0, x1, y1]], 'labels': [str]}` from `label<loc>*4...` groups."""
-    return _parse_boxes(_LABELLED_BOXES.findall(_without_markers(text)), image_size)
+    return _parse_boxes(_labelled_runs(_without_markers(text), _BOX_RUN), image_size)
 
 
 def parse_phrase_grounding(text: str, image_size: ImageSize) -> dict[str, list]:
     """Like :func:`parse_boxes`, without the phrases of `BANNED_GROUNDING_PHRASES`."""
-    return _parse_boxes(_LABELLED_BOXES.findall(_without_markers(text)), image_size, BANNED_GROUNDING_PHRASES)
+    phrases = _labelled_runs(_without_markers(text), _BOX_RUN)
+    return _parse_boxes(phrases, image_size, BANNED_GROUNDING_PHRASES)
 
 
 def parse_region_proposals(text: str, image_size: ImageSize) -> dict[str, list]:
     """`{'bboxes': [...], 'labels': ['', ...]}`: every run of location tokens, text ignored."""
-    return _parse_boxes(_UNLABELLED_BOXES.findall(_without_markers(text)), image_size)
+    return _parse_boxes(_BOX_RUN.findall(_without_markers(text)), image_size)
 
 
 def _parse_boxes(
@@ -194,40 +196,52 @@ def _parse_boxes(
     bboxes: list[list[float]] = []
     labels: list[str] = []
     for phrase in phrases:
-        match = _BOX_LABEL.search(phrase)
-        if not match:  # a line break inside the label
-            continue
-        label = match.group().strip()
-        if label in banned:  # compared before the ASCII filter below, as transformers does
+        label = _label(phrase, _BOX_LABEL_ENDS)
+        # Banned phrases are compared before the ASCII filter below, as transformers does.
+        if label is None or label in banned:
             continue
         # Florence-2 drops non-ASCII characters from box labels.
         label = label.encode("ascii", "ignore").decode("ascii")
-        for box in _BOX.finditer(phrase):
-            bboxes.append(_decode(box.groups(), image_size))
+        # A phrase is its label and then only location tokens: its boxes are their consecutive fours.
+        bins = LOCATION_PATTERN.findall(phrase)
+        for start in range(0, len(bins) - 3, 4):
+            bboxes.append(_decode(bins[start : start + 4], image_size))
             labels.append(label)
     return {"bboxes": bboxes, "labels": labels}
 
 
 def parse_quad_boxes(text: str, image_size: ImageSize) -> dict[str, list]:
-    """`{'quad_boxes': [[x0, y0, ..., x3, y3]], 'labels': [str]}` from `text<loc>*8...`."""
+    """`{'quad_boxes': [[x0, y0, ..., x3, y3]], 'labels': [str]}` from `text<loc>*8...`.
+
+    The reference's `(.+?)<loc>{8}`: at least one character of text, never across a line break, then the first
+    eight location tokens in a row. So each line is searched once, from where the last quad ended.
+    """
+    text = _without_markers(text)
     quad_boxes: list[list[float]] = []
     labels: list[str] = []
-    for content, *bins in _QUAD.findall(_without_markers(text)):
-        quad_boxes.append(_decode(bins, image_size))
-        labels.append(content.strip())
+    line_start = 0
+    while line_start <= len(text):
+        line_end = text.find("\n", line_start)
+        line_end = len(text) if line_end == -1 else line_end
+        start = line_start
+        while match := _QUAD_LOCATIONS.search(text, start + 1, line_end):
+            quad_boxes.append(_decode(match.groups(), image_size))
+            labels.append(text[start : match.start()].strip())
+            start = match.end()
+        line_start = line_end + 1
     return {"quad_boxes": quad_boxes, "labels": labels}
 
 
 def parse_polygons(text: str, image_size: ImageSize) -> dict[str, list]:
     """`{'polygons': [[[x, y, ...], ...]], 'labels': ['', ...]}`: one entry per object."""
-    return _parse_polygons(_UNLABELLED_POLYGONS.findall(_without_markers(text)), image_size)
+    return _parse_polygons(_POLYGON_RUN.findall(_without_markers(text)), image_size)
 
 
 def parse_boxes_or_polygons(text: str, image_size: ImageSize) -> dict[str, list]:
     """Open-vocabulary detection: `{'bboxes', 'bboxes_labels', 'polygons', 'polygons_labels'}`."""
     result: dict[str, list] = {"bboxes": [], "bboxes_labels": [], "polygons": [], "polygons_labels": []}
     if "<poly>" in text:
-        polygons = _parse_polygons(_LABELLED_POLYGONS.findall(_without_markers(text)), image_size)
+        polygons = _parse_polygons(_labelled_runs(_without_markers(text), _POLYGON_RUN), image_size)
         result.update(polygons=polygons["polygons"], polygons_labels=polygons["labels"])
     else:
         boxes = parse_boxes(text, image_size)
@@ -239,19 +253,80 @@ def _parse_polygons(phrases: list[str], image_size: ImageSize) -> dict[str, list
     polygons: list[list[list[float]]] = []
     labels: list[str] = []
     for phrase in phrases:
-        match = _POLYGON_LABEL.search(_LEADING_LOCATION.sub("", phrase, count=1))
-        if not match:
+        leading = _LEADING_LOCATION.match(phrase)
+        label = _label(phrase[leading.end() :] if leading else phrase, _POLYGON_LABEL_ENDS)
+        if label is None:
             continue
-        label = match.group().strip()
         wrapped = "<poly>" in phrase and "</poly>" in phrase
-        objects = _POLYGON_GROUP.findall(phrase) if wrapped else [phrase]
-        for obj in objects:
-            parts = _POLYGON_PART.findall(obj)
+        for obj in _polygon_groups(phrase) if wrapped else [phrase]:
+            parts = _polygon_parts_of(obj)
             if not parts:
                 continue
             polygons.append([_decode(_even(LOCATION_PATTERN.findall(p)), image_size) for p in parts])
             labels.append(label)
     return {"polygons": polygons, "labels": labels}
+
+
+def _labelled_runs(text: str, run: re.Pattern[str]) -> list[str]:
+    """What `re.findall(r"([^<]+RUN)", text)` finds, in one pass over `text`.
+
+    `[^<]+` can only end just before a `<`, so every start inside one stretch of text without `<` succeeds or
+    fails alike: each stretch is tried once, with `run` matched at the `<` that ends it (the stretch may begin
+    inside a token, e.g. `loc_5>` of an unlabelled run, exactly as in the regex).
+    """
+    phrases = []
+    # Where the current stretch without `<` begins: just after a `<`, or where the last phrase ended.
+    start = 0
+    bracket = text.find("<")
+    while bracket != -1:
+        match = run.match(text, bracket) if bracket > start else None
+        if match:
+            phrases.append(text[start : match.end()])
+            start = match.end()
+        else:
+            start = bracket + 1
+        bracket = text.find("<", start)
+    return phrases
+
+
+def _label(phrase: str, ends: tuple[str, ...]) -> str | None:
+    r"""What `re.search(r"^\s*(.*?)(?=END)", phrase).group().strip()` gives, or None where it finds nothing.
+
+    Backtracking the leading whitespace never helps (an END starts with `<`, never whitespace), so the label
+    is the text up to the first END after the leading whitespace, unless a line break (which `.` does not
+    cross) lies between.
+    """
+    body = len(phrase) - len(phrase.lstrip())
+    end = phrase.find("<", body)
+    while end != -1 and not phrase.startswith(ends, end):
+        end = phrase.find("<", end + 1)
+    if end == -1 or "\n" in phrase[body:end]:
+        return None
+    return phrase[:end].strip()
+
+
+def _polygon_groups(phrase: str) -> list[str]:
+    """What `re.findall(r"<poly>(.*?)</poly>", phrase)` finds (a phrase holds no line break after its label)."""
+    groups = []
+    start = phrase.find("<poly>")
+    while start != -1:
+        end = phrase.find("</poly>", start + 6)
+        if end == -1:
+            break
+        groups.append(phrase[start + 6 : end])
+        start = phrase.find("<poly>", end + 7)
+    return groups
+
+
+def _polygon_parts_of(obj: str) -> list[str]:
+    r"""What `re.findall(r"((?:<loc_\d+>)+)(?:<sep>|$)", obj)` finds: the runs of location tokens followed by
+    `<sep>` or the end. A run followed by anything else fails from each of its tokens alike, so each run is
+    matched once (an object holds no line break, before which `$` would also match)."""
+    return [
+        match.group()
+        for match in _LOCATION_RUN.finditer(obj)
+        if match.end() == len(obj) or obj.startswith("<sep>", match.end())
+    ]
 
 
 def _even(items: list[str]) -> list[str]:
