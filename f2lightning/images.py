@@ -13,7 +13,12 @@ MAX_IMAGE_PIXELS = 89_478_485
 
 
 class BadImageError(ValueError):
-    """An image that cannot be used; the message names the file and the reason."""
+    """An image that cannot be used; the message names the file, `reason` is the short key skips are counted by
+    (`missing_image`, `image_too_large`, `undecodable_image`, `size_mismatch`)."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -48,13 +53,14 @@ def _decode(source: Path | io.BytesIO, path: str | Path) -> Image.Image:
         with Image.open(source) as image:
             if image.width * image.height > MAX_IMAGE_PIXELS:
                 raise BadImageError(
-                    f"{path}: {image.width}x{image.height} exceeds the {MAX_IMAGE_PIXELS}-pixel decompression-bomb limit"
+                    f"{path}: {image.width}x{image.height} exceeds the {MAX_IMAGE_PIXELS}-pixel decompression-bomb limit",
+                    "image_too_large",
                 )
             image.load()
             return to_rgb(image)
     except BadImageError:
         raise
     except FileNotFoundError:
-        raise BadImageError(f"{path}: file not found") from None
+        raise BadImageError(f"{path}: file not found", "missing_image") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-        raise BadImageError(f"{path}: cannot decode image ({error})") from error
+        raise BadImageError(f"{path}: cannot decode image ({error})", "undecodable_image") from error

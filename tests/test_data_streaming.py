@@ -182,14 +182,14 @@ def test_unreadable_images_are_counted_when_sharding_and_when_streaming(tmp_path
     loader = streaming_loader(build_stream(str(tmp_path / "shards"), processor), processor, 2, 0)
     batches = list(loader)
     skipped = [reason for b in batches for reason in b["skipped"]]
-    assert len(skipped) == 1 and images[0].name in skipped[0]
+    assert len(skipped) == 1 and images[0].name in skipped[0]["message"]
     assert sum(b["size"] for b in batches) == 1
 
     assert cli_main([*argv, "--by-image", "-o", str(tmp_path / "by_image")]) == 0
     stream = build_stream(str(tmp_path / "by_image"), processor, tasks_per_image=2)
     batches = list(streaming_loader(stream, processor, 2, 0))
     skipped = [reason for b in batches for reason in b["skipped"]]
-    assert len(skipped) == 1 and images[0].name in skipped[0]  # the bad image's run is one counted skip
+    assert len(skipped) == 1 and images[0].name in skipped[0]["message"]  # the bad image's run is one counted skip
     assert sum(b["size"] for b in batches) == 2
 
     with pytest.raises(BadRecordError, match="does not exist"):

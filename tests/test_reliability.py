@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import struct
@@ -20,6 +21,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from PIL import Image
 
 from f2lightning.data.datamodule import Florence2DataModule
+from f2lightning.data.dataset import Collator
 from f2lightning.data.records import SkipReport, read_records
 from f2lightning.data.schema import BadRecordError, Record
 from f2lightning.images import BadImageError, load_image
@@ -192,7 +194,69 @@ def test_images_deleted_mid_epoch_are_counted_and_reported_in_the_run_dir(synthe
     records = json.loads((run / "skipped_records.json").read_text())
     assert records["counts"] == {"bad_field": 1, "malformed_json": 1}
     images = json.loads((run / "skipped_images_epoch0.json").read_text())
-    assert images["total"] > 0 and images["reasons"] == {"file not found": images["total"]}
+    assert images["total"] > 0 and images["reasons"] == {"missing_image": images["total"]}
+
+
+def test_a_bad_validation_image_is_counted_and_reported_not_dropped_silently(synthetic, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(synthetic, data)
+    doomed = str(data / json.loads((data / "val.jsonl").read_text().splitlines()[0])["image"])
+    dm = helpers.datamodule(data)
+    dm.prepare_data()
+    dm.setup("validate")
+    expected = sum(s.image_path == doomed for s in dm.val_dataset.flat)
+    assert expected > 0
+    Path(doomed).write_bytes(b"not an image")  # after setup: found only when the loader decodes it
+    run = tmp_path / "run"
+    trainer = helpers.trainer(run, max_steps=1, limit_val_batches=None)
+    trainer.validate(helpers.module(), dm)
+    report = json.loads((run / "skipped_images_val_step000000.json").read_text())
+    assert report["stage"] == "val" and report["reasons"] == {"undecodable_image": expected}
+    assert all(doomed in message for message in report["samples"])
+    assert trainer.callback_metrics["val/skipped_images"] == expected
+
+
+def _resized_copy(synthetic: Path, tmp_path: Path) -> tuple[Path, dict, tuple[int, int]]:
+    """The synthetic data with the first training record's image replaced by a copy at 3/4 of its size."""
+    data = tmp_path / "data"
+    shutil.copytree(synthetic, data)
+    first = json.loads((data / "train.jsonl").read_text().splitlines()[0])
+    image = Image.open(data / first["image"])
+    small = (image.width * 3 // 4, image.height * 3 // 4)
+    image.resize(small).save(data / first["image"])
+    return data, first, small
+
+
+@pytest.mark.parametrize("size_mismatch", ["skip", "rescale"])
+def test_an_image_not_of_its_declared_size_is_skipped_or_rescaled_and_counted(synthetic, tmp_path, size_mismatch):
+    data, first, small = _resized_copy(synthetic, tmp_path)
+    dm = helpers.datamodule(data, size_mismatch=size_mismatch)
+    dm.prepare_data()
+    dm.setup("fit")
+    indices = [i for i, s in enumerate(dm.train_dataset.flat) if s.image_path.endswith(first["image"])]
+    items = dm.train_dataset.__getitems__(indices)
+    batch = Collator(dm.processor)(items)
+    declared = f"{first['width']}x{first['height']}"
+    if size_mismatch == "skip":
+        assert batch["size"] == 0 and [e["reason"] for e in batch["skipped"]] == ["size_mismatch"] * len(indices)
+        assert f"the file is {small[0]}x{small[1]} but its record declares {declared}" in batch["skipped"][0]["message"]
+    else:
+        # Trained as is (locations are relative, so they fall on the same places of the smaller file), reported
+        # with the file's size, and counted as rewritten.
+        assert batch["size"] == len(indices) and not batch["skipped"]
+        assert batch["image_size"] == [small] * len(indices)
+        assert batch["target"] == [dm.train_dataset.flat[i].target for i in indices]
+        assert [e["reason"] for e in batch["rewritten"]] == ["size_mismatch_rescaled"] * len(indices)
+
+
+def test_an_image_not_of_its_declared_size_raises_naming_it_when_on_bad_sample_is_raise(synthetic, tmp_path):
+    data, first, _ = _resized_copy(synthetic, tmp_path)
+    dm = helpers.datamodule(data, on_bad_sample="raise")
+    dm.prepare_data()
+    dm.setup("fit")
+    index = next(i for i, s in enumerate(dm.train_dataset.flat) if s.image_path.endswith(first["image"]))
+    with pytest.raises(BadImageError, match=re.escape(first["image"]) + ".*but its record declares"):
+        dm.train_dataset[index]
 
 
 def test_images_deleted_mid_epoch_raise_naming_the_file_when_on_bad_sample_is_raise(synthetic, tmp_path):

@@ -21,7 +21,7 @@ import torch
 from lightning.fabric.utilities.warnings import PossibleUserWarning
 from torch.utils.data import DataLoader
 
-from f2lightning.data.dataset import Collator, MultitaskDataset
+from f2lightning.data.dataset import Collator, MultitaskDataset, SizeMismatch
 from f2lightning.data.expand import ALL_TASKS, Sample, expand
 from f2lightning.data.records import SkipReport, read_records
 from f2lightning.data.sampler import MixedTaskSampler, ResumableBatchSampler
@@ -52,6 +52,7 @@ class Florence2DataModule(L.LightningDataModule):
         num_workers: int = 2,
         seed: int = 0,
         on_bad_sample: Literal["raise", "skip"] = "skip",
+        size_mismatch: SizeMismatch = "skip",
         max_prompt_length: int = 256,
         max_target_length: int = 1024,
         bucket_batches: int = 0,
@@ -75,6 +76,9 @@ class Florence2DataModule(L.LightningDataModule):
                 read the image first (see CONTRIBUTING "Training from scratch"). Tasks left out get weight 0.
             val_samples_per_task: cap on validation samples per task (generation is slow).
             on_bad_sample: `raise` stops at the first bad record / image naming it; `skip` counts and reports.
+            size_mismatch: an image file whose size differs from its record's `width` / `height` is a bad sample
+                (`skip`, reason `size_mismatch`), or (`rescale`) trusted as a resized copy of the annotated image:
+                the locations keep their relative places and each such sample is counted as rewritten.
             bucket_batches: >1 sorts each window of that many batches by target length (less padding).
             tasks_per_image: >1 draws runs of this many samples that ask about the same image where the records
                 allow (task mix unchanged); the batch encodes each image once, so the image encoder's share of
@@ -141,12 +145,14 @@ class Florence2DataModule(L.LightningDataModule):
         on_bad = self.hparams.on_bad_sample
         if stage in (None, "fit") and self.train_dataset is None and self.hparams.streaming_dir is None:
             samples = self._samples(self.train_files, self.hparams.max_images)
-            self.train_dataset = MultitaskDataset(samples, self.processor, on_bad)
+            self.train_dataset = MultitaskDataset(samples, self.processor, on_bad, self.hparams.size_mismatch)
             log.info("training samples per task: %s", self.train_dataset.task_sizes)
         if stage in (None, "fit", "validate") and self.val_dataset is None and self.val_files:
             samples = self._samples(self.val_files)
             cap = self.hparams.val_samples_per_task
-            self.val_dataset = MultitaskDataset({t: s[:cap] for t, s in samples.items()}, self.processor, on_bad)
+            self.val_dataset = MultitaskDataset(
+                {t: s[:cap] for t, s in samples.items()}, self.processor, on_bad, self.hparams.size_mismatch
+            )
         if self.skip_report.total:
             log.warning("records: %s", self.skip_report)
             if self.trainer is not None and self.trainer.log_dir:
@@ -185,7 +191,7 @@ class Florence2DataModule(L.LightningDataModule):
             from f2lightning.data.streaming import build_stream, streaming_loader
 
             stream = build_stream(hp.streaming_dir, self.processor, hp.tasks, hp.task_weights, hp.seed, hp.on_bad_sample,
-                                  hp.tasks_per_image)
+                                  hp.tasks_per_image, hp.size_mismatch)
             return streaming_loader(stream, self.processor, hp.batch_size, hp.num_workers)
         rank, world_size = self._rank()
         dataset = self.train_dataset

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch.utils.data import Dataset
@@ -17,14 +17,49 @@ from f2lightning.processor import Florence2Processor, share_images
 log = logging.getLogger(__name__)
 
 
+SizeMismatch = Literal["skip", "rescale"]
+
+
+def fit_declared_size(
+    actual: tuple[int, int], declared: Sequence[int], name: str, size_mismatch: SizeMismatch
+) -> tuple[tuple[int, int], dict[str, str] | None]:
+    """The size a sample's locations refer to, and the rewrite to count when the file is not the size its record
+    declares (`BadImageError` with reason `size_mismatch` under `size_mismatch='skip'`).
+
+    `rescale` trusts that the annotations were made on the declared size and the file is a resized copy: targets are
+    written in bins relative to the declared size, so they already land on the same places of the file's pixels,
+    and only the reported size becomes the file's.
+    """
+    declared = (int(declared[0]), int(declared[1]))
+    if tuple(actual) == declared:
+        return declared, None
+    message = f"{name}: the file is {actual[0]}x{actual[1]} but its record declares {declared[0]}x{declared[1]}"
+    if size_mismatch == "skip":
+        raise BadImageError(f"{message} (data.size_mismatch: rescale trusts the file)", "size_mismatch")
+    return (int(actual[0]), int(actual[1])), {"reason": "size_mismatch_rescaled", "message": message}
+
+
+def skipped_item(error: BadImageError, index: int) -> dict[str, Any]:
+    """What a dataset returns for a sample whose image cannot be used: counted by the collator, reported by the
+    training module."""
+    return {"skipped": {"reason": error.reason, "message": str(error)}, "index": index}
+
+
 class MultitaskDataset(Dataset):
     """Samples grouped by task; index space = concatenation in `task_sizes` order (see MixedTaskSampler)."""
 
-    def __init__(self, samples_by_task: Mapping[str, Sequence[Sample]], processor: Florence2Processor, on_bad_sample: str = "skip"):
+    def __init__(
+        self,
+        samples_by_task: Mapping[str, Sequence[Sample]],
+        processor: Florence2Processor,
+        on_bad_sample: str = "skip",
+        size_mismatch: SizeMismatch = "skip",
+    ):
         self.samples_by_task = {task: list(samples) for task, samples in samples_by_task.items()}
         self.flat: list[Sample] = [s for samples in self.samples_by_task.values() for s in samples]
         self.processor = processor
         self.on_bad_sample = on_bad_sample
+        self.size_mismatch = size_mismatch
 
     @property
     def task_sizes(self) -> dict[str, int]:
@@ -38,31 +73,39 @@ class MultitaskDataset(Dataset):
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
         """A batch's samples (DataLoader's batched fetch): an image asked about several times is read once."""
-        pixels: dict[str, torch.Tensor | BadImageError] = {}
-        return [self._item(index, pixels) for index in indices]
+        decoded: dict[str, tuple[torch.Tensor, tuple[int, int]] | BadImageError] = {}
+        return [self._item(index, decoded) for index in indices]
 
-    def _item(self, index: int, pixels: dict[str, torch.Tensor | BadImageError]) -> dict[str, Any]:
+    def _item(self, index: int, decoded: dict[str, tuple[torch.Tensor, tuple[int, int]] | BadImageError]) -> dict[str, Any]:
         sample = self.flat[index]
-        if sample.image_path not in pixels:
+        if sample.image_path not in decoded:
             try:
-                pixels[sample.image_path] = self.processor.preprocess_image(load_image(sample.image_path))
+                image = load_image(sample.image_path)
+                decoded[sample.image_path] = (self.processor.preprocess_image(image), image.size)
             except BadImageError as error:
                 if self.on_bad_sample == "raise":
                     raise
-                pixels[sample.image_path] = error
-        image = pixels[sample.image_path]
-        if isinstance(image, BadImageError):
-            # Counted by the collator and reported by the training module at the end of the epoch.
-            return {"skipped": str(image), "index": index}
-        return {
+                decoded[sample.image_path] = error
+        image = decoded[sample.image_path]
+        try:
+            if isinstance(image, BadImageError):
+                raise image
+            pixels, actual = image
+            image_size, rewrite = fit_declared_size(actual, sample.image_size, sample.image_path, self.size_mismatch)
+        except BadImageError as error:
+            if self.on_bad_sample == "raise":
+                raise
+            return skipped_item(error, index)
+        item = {
             "index": index,
             "image_key": sample.image_path,
-            "pixel_values": image,
+            "pixel_values": pixels,
             "prompt": sample.prompt,
             "target": sample.target,
             "task": sample.task,
-            "image_size": sample.image_size,
+            "image_size": image_size,
         }
+        return {**item, "rewritten": rewrite} if rewrite else item
 
 
 @dataclass
@@ -70,6 +113,7 @@ class Collator:
     """Tokenizes in the worker and pads each batch only to its own longest prompt and target.
 
     Samples of one image (`image_key`) share a row of `pixel_values`; `image_index` maps samples to rows.
+    `skipped` and `rewritten` list `{"reason", "message"}` of the samples left out and of those trained changed.
     """
 
     processor: Florence2Processor
@@ -77,7 +121,8 @@ class Collator:
     def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
         skipped = [item["skipped"] for item in items if "skipped" in item]
         items = [item for item in items if "skipped" not in item]
-        batch: dict[str, Any] = {"skipped": skipped, "size": len(items)}
+        rewritten = [item["rewritten"] for item in items if "rewritten" in item]
+        batch: dict[str, Any] = {"skipped": skipped, "rewritten": rewritten, "size": len(items)}
         if not items:
             return batch
         batch.update(self.processor.tokenize_prompts([item["prompt"] for item in items]))

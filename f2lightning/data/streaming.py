@@ -36,7 +36,7 @@ from litdata.streaming.sampler import ChunkedIndex
 from litdata.streaming.serializers import _SERIALIZERS, Serializer
 from PIL import Image
 
-from f2lightning.data.dataset import Collator
+from f2lightning.data.dataset import Collator, SizeMismatch, fit_declared_size, skipped_item
 from f2lightning.data.expand import ALL_TASKS, expand
 from f2lightning.data.records import OnBadSample, SkipReport, read_records
 from f2lightning.data.schema import BadRecordError
@@ -210,6 +210,7 @@ class _ImageShards(StreamingDataset):
         processor: Florence2Processor,
         on_bad_sample: OnBadSample = "skip",
         seed: int = 0,
+        size_mismatch: SizeMismatch = "skip",
     ) -> None:
         if "://" not in input_dir:
             _check_local_shards(input_dir)
@@ -217,6 +218,7 @@ class _ImageShards(StreamingDataset):
         super().__init__(input_dir, shuffle=True, seed=seed, serializers=refused)
         self.processor = processor
         self.on_bad_sample = on_bad_sample
+        self.size_mismatch = size_mismatch
         self.shard_dir = input_dir
 
     def _read(self, index: ChunkedIndex | int) -> dict[str, Any]:
@@ -232,26 +234,25 @@ class _ImageShards(StreamingDataset):
                 f"({type(error).__name__}: {error})"
             ) from error
 
-    def _decode(self, item: dict[str, Any]) -> tuple[str, torch.Tensor | str]:
-        """The item's image name and pixels, or why they cannot be decoded (raised with `on_bad_sample='raise'`)."""
+    def _decode(self, item: dict[str, Any], position: int) -> dict[str, Any]:
+        """The fields every sample of the item shares, as `MultitaskDataset` gives them (`index` is the item's
+        position in its shards), or the skipped item when the image cannot be used (raised with
+        `on_bad_sample='raise'`)."""
         image_name = bytes(item["image_name"]).decode()
         try:
-            return image_name, self.processor.preprocess_image(load_image_bytes(item["image"], image_name))
+            image = load_image_bytes(item["image"], image_name)
+            image_size, rewrite = fit_declared_size(image.size, item["image_size"], image_name, self.size_mismatch)
         except BadImageError as error:
             if self.on_bad_sample == "raise":
                 raise
-            return image_name, str(error)
-
-    @staticmethod
-    def _sample(position: int, image_name: str, pixels: torch.Tensor, item: dict[str, Any], task: str, prompt: str,
-                target: str) -> dict[str, Any]:
-        """The dict `MultitaskDataset` returns; `index` is the item's position in its shards."""
-        return {"index": position, "image_key": image_name, "pixel_values": pixels, "prompt": prompt,
-                "target": target, "task": task, "image_size": tuple(item["image_size"])}
+            return skipped_item(error, position)
+        shared = {"index": position, "image_key": image_name, "pixel_values": self.processor.preprocess_image(image),
+                  "image_size": image_size}  # fmt: skip
+        return {**shared, "rewritten": rewrite} if rewrite else shared
 
 
 class TaskStream(_ImageShards):
-    """One task's shards, decoded into the dict `MultitaskDataset` returns (bad images: `{'skipped': why}`).
+    """One task's shards, decoded into the dict `MultitaskDataset` returns (bad images: its skipped item).
 
     `index` is the item's position in its task's shards (it is not an index into any map-style dataset).
     """
@@ -259,15 +260,15 @@ class TaskStream(_ImageShards):
     def __getitem__(self, index: ChunkedIndex | int) -> dict[str, Any]:
         item = self._read(index)
         position = index.index if isinstance(index, ChunkedIndex) else index
-        image_name, pixels = self._decode(item)
-        if isinstance(pixels, str):
-            return {"skipped": pixels, "index": position}
-        return self._sample(position, image_name, pixels, item, item["task"], item["prompt"], item["target"])
+        shared = self._decode(item, position)
+        if "skipped" in shared:
+            return shared
+        return {**shared, "prompt": item["prompt"], "target": item["target"], "task": item["task"]}
 
 
 class ImageRunStream(_ImageShards):
     """By-image shards: each item is a run of `tasks_per_image` samples of one image (a list of the dicts
-    `TaskStream` gives; a bad image gives one `{'skipped': why}`).
+    `TaskStream` gives; a bad image gives its one skipped item).
 
     Each draw picks a task by `task_weights` among the tasks the image has (without weights: in proportion to
     its samples of each), then one of the image's samples of that task, repeating one only after all were used.
@@ -284,9 +285,10 @@ class ImageRunStream(_ImageShards):
         task_weights: Mapping[str, float] | None = None,
         on_bad_sample: OnBadSample = "skip",
         seed: int = 0,
+        size_mismatch: SizeMismatch = "skip",
     ) -> None:
         """`tasks` and `task_weights` take task tokens; the tasks drawn are those in both (where given)."""
-        super().__init__(input_dir, processor, on_bad_sample, seed)
+        super().__init__(input_dir, processor, on_bad_sample, seed, size_mismatch)
         self.tasks_per_image = tasks_per_image
         self.task_weights = dict(task_weights) if task_weights else None
         self.tasks = set(tasks or ALL_TASKS) & set(self.task_weights or ALL_TASKS)
@@ -300,9 +302,9 @@ class ImageRunStream(_ImageShards):
                 by_task[task].append((prompt, target))
         if not by_task:
             return []
-        image_name, pixels = self._decode(item)
-        if isinstance(pixels, str):
-            return [{"skipped": pixels, "index": position}]
+        shared = self._decode(item, position)
+        if "skipped" in shared:
+            return [shared]
         tasks = list(by_task)
         weights = [self.task_weights[t] if self.task_weights else len(by_task[t]) for t in tasks]
         draw = random.Random(f"{self.seed}/{self.current_epoch}/{position}")
@@ -311,7 +313,8 @@ class ImageRunStream(_ImageShards):
         for task in draw.choices(tasks, weights, k=self.tasks_per_image):
             if not unused.get(task):
                 unused[task] = draw.sample(by_task[task], len(by_task[task]))
-            run.append(self._sample(position, image_name, pixels, item, task, *unused[task].pop()))
+            prompt, target = unused[task].pop()
+            run.append({**shared, "prompt": prompt, "target": target, "task": task})
         return run
 
 
@@ -355,6 +358,7 @@ def build_stream(
     seed: int = 0,
     on_bad_sample: OnBadSample = "skip",
     tasks_per_image: int = 1,
+    size_mismatch: SizeMismatch = "skip",
 ) -> CombinedStreamingDataset | ImageRunStream:
     """The task streams under `streaming_dir` (all, or `tasks`, or the weighted ones) mixed into one.
 
@@ -375,11 +379,11 @@ def build_stream(
                 "run `f2lightning shard --by-image`"
             )
         wanted = [get_task(t).token for t in tasks] if tasks else None
-        return ImageRunStream(images, processor, tasks_per_image, wanted, weights, on_bad_sample, seed)
+        return ImageRunStream(images, processor, tasks_per_image, wanted, weights, on_bad_sample, seed, size_mismatch)
     dirs = task_dirs(streaming_dir, tasks or list(weights) or None)
     if weights:  # as in MixedTaskSampler: a task without a weight is not drawn
         dirs = {t: d for t, d in dirs.items() if t in weights}
-    streams = [TaskStream(d, processor, on_bad_sample, seed) for d in dirs.values()]
+    streams = [TaskStream(d, processor, on_bad_sample, seed, size_mismatch) for d in dirs.values()]
     if not weights:
         return CombinedStreamingDataset(streams, seed=seed)
     return CombinedStreamingDataset(

@@ -119,7 +119,8 @@ class Florence2LitModule(L.LightningModule):
         self.model: Florence2 | None = None
         self.processor: Florence2Processor | None = None
         self.quality: TaskQuality | None = None
-        self._skipped_images: list[str] = []
+        # Per stage ("train" / "val"): the {"reason", "message"} of samples whose image was skipped or rewritten.
+        self._image_events: dict[str, dict[str, list[dict[str, str]]]] = {}
         self._nonfinite_in_a_row = 0
         self.nonfinite_steps = 0
         self._drawn_tasks: set[str] = set()
@@ -219,8 +220,13 @@ class Florence2LitModule(L.LightningModule):
         token_loss = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none")
         return token_loss.sum() / (labels != -100).sum().clamp(min=1), token_loss
 
+    def _note_image_events(self, stage: str, batch: dict[str, Any]) -> None:
+        events = self._image_events.setdefault(stage, {"skipped": [], "rewritten": []})
+        events["skipped"] += batch["skipped"]
+        events["rewritten"] += batch.get("rewritten", [])
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
-        self._skipped_images += batch["skipped"]
+        self._note_image_events("train", batch)
         if not batch["size"]:
             return None
         loss, token_loss = self(batch)
@@ -273,6 +279,7 @@ class Florence2LitModule(L.LightningModule):
         return {task: torch.stack(values).mean() for task, values in by_task.items()}
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._note_image_events("val", batch)
         if not batch["size"]:
             return
         self.log("val/loss", self(batch)[0], sync_dist=True, batch_size=batch["size"])
@@ -296,6 +303,7 @@ class Florence2LitModule(L.LightningModule):
         self._drawn_tasks = set()
 
     def on_validation_epoch_end(self) -> None:
+        self._report_image_events("val", f"validation at step {self.global_step}", f"val_step{self.global_step:06d}")
         if self.quality is None:
             return
         for name, value in self.quality.compute().items():
@@ -318,20 +326,33 @@ class Florence2LitModule(L.LightningModule):
 
     # ------------------------------------------------------------------ epoch bookkeeping
     def on_train_epoch_end(self) -> None:
-        skipped = self._skipped_images
+        self._report_image_events("train", f"epoch {self.current_epoch}", f"epoch{self.current_epoch}")
+
+    def _report_image_events(self, stage: str, when: str, suffix: str) -> None:
+        """Log how many samples of `stage` lost or changed their image, and write them by reason to
+        `skipped_images_<suffix>.json` in the run's log folder (every rank's, gathered on rank 0)."""
+        events = self._image_events.pop(stage, {"skipped": [], "rewritten": []})
         if self.trainer.world_size > 1:
-            gathered: list[list[str]] = [[] for _ in range(self.trainer.world_size)]
-            torch.distributed.all_gather_object(gathered, skipped)
-            skipped = [s for rank in gathered for s in rank]
-        self.log("train/skipped_images", float(len(skipped)), rank_zero_only=True)
-        if skipped and self.global_rank == 0:
-            reasons = Counter(s.split(": ", 1)[-1].split(" (")[0] for s in skipped)
-            report = {"epoch": self.current_epoch, "total": len(skipped), "reasons": dict(reasons), "samples": skipped[:100]}
-            path = Path(self.trainer.log_dir or self.trainer.default_root_dir) / f"skipped_images_epoch{self.current_epoch}.json"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(report, indent=2))
-            log.warning("epoch %d: skipped %d unreadable image(s), report in %s", self.current_epoch, len(skipped), path)
-        self._skipped_images = []
+            gathered: list[dict[str, list]] = [{} for _ in range(self.trainer.world_size)]
+            torch.distributed.all_gather_object(gathered, events)
+            events = {kind: [e for rank in gathered for e in rank[kind]] for kind in ("skipped", "rewritten")}
+        skipped, rewritten = events["skipped"], events["rewritten"]
+        self.log(f"{stage}/skipped_images", float(len(skipped)), rank_zero_only=True)
+        if rewritten:
+            self.log(f"{stage}/rewritten_images", float(len(rewritten)), rank_zero_only=True)
+        if not (skipped or rewritten) or self.global_rank != 0:
+            return
+        report = {
+            "stage": stage, "epoch": self.current_epoch, "step": self.global_step, "total": len(skipped),
+            "reasons": dict(Counter(e["reason"] for e in skipped)), "samples": [e["message"] for e in skipped[:100]],
+            "rewritten": dict(Counter(e["reason"] for e in rewritten)),
+            "rewritten_samples": [e["message"] for e in rewritten[:100]],
+        }  # fmt: skip
+        path = Path(self.trainer.log_dir or self.trainer.default_root_dir) / f"skipped_images_{suffix}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2))
+        log.warning("%s: skipped %d sample(s) with unusable images %s, rewrote %d %s; report in %s", when,
+                    len(skipped), report["reasons"], len(rewritten), report["rewritten"], path)  # fmt: skip
 
     # ------------------------------------------------------------------ optimization
     def configure_optimizers(self) -> dict[str, Any]:
