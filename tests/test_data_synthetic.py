@@ -97,11 +97,11 @@ def test_answers_match_the_scene() -> None:
         assert answers[f"how many {kind}s are there?"] == str(sum(r.category == kind for r in record.regions))
 
 
-def make_synthetic_command(*argv: str) -> None:
+def make_synthetic_command(*argv: str) -> int:
     parser = argparse.ArgumentParser()
     register_cli(parser.add_subparsers())
     args = parser.parse_args(["make-synthetic", *argv])
-    args.func(args)
+    return args.func(args)
 
 
 def test_cli(tmp_path, capsys) -> None:
@@ -140,7 +140,11 @@ def test_small_images_scale_the_text_down_and_keep_every_task(tmp_path) -> None:
     assert {s.task for r in records for s in expand(r)} == set(ALL_TASKS)
 
 
-def test_image_size_below_the_minimum_is_refused_naming_the_option(tmp_path) -> None:
-    with pytest.raises(ValueError, match=rf"--image-size\) must be at least {MIN_IMAGE_SIZE} pixels, got 16"):
-        make_synthetic_command("-o", str(tmp_path), "--images", "2", "--image-size", "16", "--workers", "1")
+def test_image_size_below_the_minimum_is_refused_naming_the_option(tmp_path, capsys) -> None:
+    assert make_synthetic_command("-o", str(tmp_path), "--images", "2", "--image-size", "16", "--workers", "1") == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("f2lightning make-synthetic: error:") and "\n" not in error  # one line, no traceback
+    assert f"--image-size) must be at least {MIN_IMAGE_SIZE} pixels, got 16" in error
     assert not (tmp_path / "train.jsonl").exists()
+    with pytest.raises(ValueError, match=rf"must be at least {MIN_IMAGE_SIZE} pixels"):
+        SyntheticConfig(image_size=16)  # the Python API raises

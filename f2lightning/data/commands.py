@@ -79,9 +79,13 @@ def run_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_make_synthetic(args: argparse.Namespace) -> None:
+def run_make_synthetic(args: argparse.Namespace) -> int:
     config = SyntheticConfig.preset(args.difficulty)
-    config = replace(config, image_format=args.format, image_size=args.image_size or config.image_size)
+    try:  # the scene rules live in SyntheticConfig; a value they refuse is a usage error, not a traceback
+        config = replace(config, image_format=args.format, image_size=args.image_size or config.image_size)
+    except ValueError as error:
+        print(f"f2lightning make-synthetic: error: {error}", file=sys.stderr)
+        return 2
     start = time.perf_counter()
     paths = make_synthetic(
         args.output,
@@ -96,6 +100,7 @@ def run_make_synthetic(args: argparse.Namespace) -> None:
         f"wrote {args.images} images to {args.output} in {seconds:.1f}s "
         f"({args.images / seconds:.0f} images/s): {paths['train']}, {paths['val']}"
     )
+    return 0
 
 
 def run_shard(args: argparse.Namespace) -> None:
