@@ -1,17 +1,36 @@
-"""Results as the paper lays them out (benchmark / split / metric header rows, one row per model), in Markdown
-and JSON, with the paper's Florence-2 numbers beside ours."""
+"""The results of a benchmark run (`BenchmarkResult`, filled by `runner.run_benchmark`), and how they are laid
+out as in the paper (benchmark / split / metric header rows, one row per model), in Markdown and JSON, with the
+paper's Florence-2 numbers beside ours."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from f2lightning.evaluation.benchmarks import PAPER_ROWS
+from f2lightning.evaluation.benchmarks import PAPER_ROWS, Benchmark
 from f2lightning.evaluation.generation import GenerationSettings
-from f2lightning.evaluation.runner import BenchmarkResult, SplitResult
+
+
+@dataclass
+class SplitResult:
+    column: str  # the paper's column
+    split: str  # the data split scored (differs from the column where the paper's split is not public)
+    score: float | None  # None: the answers are private, `answers_file` holds ours for the server
+    details: dict[str, float | str]  # secondary numbers, and how they were computed (e.g. the caption tokenizer)
+    num_samples: int
+    seconds: float
+    dropped: dict[str, int] = field(default_factory=dict)
+    answers_file: str | None = None
+
+
+@dataclass
+class BenchmarkResult:
+    benchmark: Benchmark
+    config: str
+    splits: list[SplitResult]
 
 
 def to_markdown(results: Sequence[BenchmarkResult], ours: str = "ours") -> str:
@@ -62,7 +81,7 @@ def to_json(
     """Everything behind the table: our number, the paper's, sample counts, timings and secondary metrics."""
     return {
         "checkpoint": checkpoint,
-        "settings": dataclasses.asdict(settings) if settings is not None else None,
+        "settings": asdict(settings) if settings is not None else None,
         "benchmarks": [
             {
                 "name": r.benchmark.name,
@@ -73,7 +92,7 @@ def to_json(
                 "note": r.benchmark.note,
                 "splits": [
                     {
-                        **dataclasses.asdict(s),
+                        **asdict(s),
                         "paper": {row: values[s.column] for row, values in r.benchmark.paper.items() if s.column in values},
                     }
                     for s in r.splits

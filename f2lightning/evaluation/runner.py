@@ -35,6 +35,7 @@ from f2lightning.data.converters import ConversionReport, get_converter
 from f2lightning.evaluation.answer_files import ANSWER_FORMATS, write_answers
 from f2lightning.evaluation.benchmarks import RECORD_FORMATS, Benchmark, get_benchmark
 from f2lightning.evaluation.generation import EvalSample, Generation, GenerationSettings, box_scores, generate
+from f2lightning.evaluation.report import BenchmarkResult, SplitResult, write_report
 from f2lightning.model import Florence2
 from f2lightning.processor import Florence2Processor
 from f2lightning.tasks import get_task
@@ -57,25 +58,6 @@ class BenchmarkConfig:
     metric: dict[str, Any] = field(default_factory=dict)
     generation: dict[str, Any] = field(default_factory=dict)
     path: str = ""
-
-
-@dataclass
-class SplitResult:
-    column: str  # the paper's column
-    split: str  # the data split scored (differs from the column where the paper's split is not public)
-    score: float | None  # None: the answers are private, `answers_file` holds ours for the server
-    details: dict[str, float | str]  # secondary numbers, and how they were computed (e.g. the caption tokenizer)
-    num_samples: int
-    seconds: float
-    dropped: dict[str, int] = field(default_factory=dict)
-    answers_file: str | None = None
-
-
-@dataclass
-class BenchmarkResult:
-    benchmark: Benchmark
-    config: str
-    splits: list[SplitResult]
 
 
 def load_config(path: str | Path) -> BenchmarkConfig:
@@ -287,8 +269,6 @@ def evaluate(
     """Evaluate one checkpoint on several benchmark configs; `overrides` (GenerationSettings fields) win over
     each config's `generation` block. With `out_dir`, writes results.md, results.json, predictions/ and, for
     splits with private answers, answers/ (such splits need `out_dir`)."""
-    from f2lightning.evaluation.report import write_report
-
     configs = [load_config(path) for path in config_paths]  # fail on a bad config before loading the model
     if out_dir is None and (private := [c.path for c in configs if _answers_only(c.data)]):
         raise ValueError(f"{', '.join(private)}: {_NEEDS_OUTPUT}")

@@ -13,17 +13,18 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 from timm.models.davit import checkpoint_filter_fn
+from torch import nn
+from transformers import GenerationConfig, PreTrainedTokenizerBase
 
 from f2lightning.model.config import Florence2Config
-
-if TYPE_CHECKING:
-    from f2lightning.model.florence2 import Florence2
+from f2lightning.tokenizer import load_tokenizer
 
 StateDict = dict[str, torch.Tensor]
 
@@ -251,24 +252,37 @@ def _read_config(file: Path) -> Florence2Config:
     return config
 
 
-def load_florence2(cls: type[Florence2], path: Path, **config_overrides: Any) -> Florence2:
+@dataclass(frozen=True)
+class Florence2Checkpoint:
+    """What a saved Florence-2 holds, read from any supported layout, for `Florence2.from_pretrained` to build."""
+
+    config: Florence2Config
+    state_dict: StateDict  # `Florence2.state_dict()` keys
+    tokenizer: PreTrainedTokenizerBase | None  # None when no tokenizer files are beside the weights
+    source: Path
+    config_source: str  # where the sizes came from, named by `load_weights` when the weights do not fit
+
+
+def read_florence2(path: Path, **config_overrides: Any) -> Florence2Checkpoint:
+    """A checkpoint directory or file (transformers-native, remote code, ours, or a Lightning `.ckpt`)."""
     if path.suffix == ".ckpt":
-        return _load_lightning(cls, path, **config_overrides)
+        return _read_lightning(path, **config_overrides)
     config_file = _config_file(path)
     config = _read_config(config_file)
     if config_overrides:
         config = config.replace(**config_overrides)
-    model = cls(config)
-    load_weights(model, to_f2lightning(load_state_dict(path)), source=path, config_source=config_file)
     folder = path if path.is_dir() else path.parent
-    if any((folder / name).exists() for name in ("tokenizer.json", "vocab.json", "tokenizer_config.json")):
-        from f2lightning.tokenizer import load_tokenizer
+    has_tokenizer = any((folder / name).exists() for name in ("tokenizer.json", "vocab.json", "tokenizer_config.json"))
+    return Florence2Checkpoint(
+        config,
+        to_f2lightning(load_state_dict(path)),
+        load_tokenizer(folder) if has_tokenizer else None,
+        path,
+        str(config_file),
+    )
 
-        model.tokenizer = load_tokenizer(folder)
-    return model
 
-
-def _load_lightning(cls: type[Florence2], path: Path, **config_overrides: Any) -> Florence2:
+def _read_lightning(path: Path, **config_overrides: Any) -> Florence2Checkpoint:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         model_config = checkpoint["f2lightning"]["model_config"]
@@ -277,21 +291,16 @@ def _load_lightning(cls: type[Florence2], path: Path, **config_overrides: Any) -
     config = Florence2Config.from_dict(model_config)
     if config_overrides:
         config = config.replace(**config_overrides)
-    model = cls(config)
-    load_weights(
-        model, to_f2lightning(checkpoint["state_dict"]), source=path, config_source=f"{path}'s model_config"
-    )
     # The training module records the tokenizer directory it used; attach it when it is still there.
     tokenizer_dir = checkpoint["f2lightning"].get("tokenizer_dir")
-    if tokenizer_dir and Path(tokenizer_dir).is_dir():
-        from f2lightning.tokenizer import load_tokenizer
-
-        model.tokenizer = load_tokenizer(tokenizer_dir)
-    return model
+    tokenizer = load_tokenizer(tokenizer_dir) if tokenizer_dir and Path(tokenizer_dir).is_dir() else None
+    return Florence2Checkpoint(
+        config, to_f2lightning(checkpoint["state_dict"]), tokenizer, path, f"{path}'s model_config"
+    )
 
 
 def load_weights(
-    model: Florence2,
+    model: nn.Module,
     state: StateDict,
     source: Path | str = "state dict",
     config_source: Path | str = "the config",
@@ -327,7 +336,6 @@ def load_weights(
             f"\n  missing: {missing[:20]}{' ...' if len(missing) > 20 else ''}"
             f"\n  unexpected: {unexpected[:20]}{' ...' if len(unexpected) > 20 else ''}"
         )
-    model.language_model.tie_weights()
 
 
 def _shape_fields(key: str) -> str:
@@ -338,18 +346,25 @@ def _shape_fields(key: str) -> str:
     return "see the config"
 
 
-def save_florence2(model: Florence2, path: Path) -> Path:
-    if model.config.image_token_id is None:
+def save_florence2(
+    path: Path,
+    config: Florence2Config,
+    state: StateDict,
+    generation_config: GenerationConfig,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+) -> Path:
+    """Write `Florence2.state_dict()` weights in the transformers-native layout, with our own config beside it."""
+    if config.image_token_id is None:
         raise ValueError(
             "config.image_token_id is unset: transformers' Florence-2 needs the id of an `<image>` token "
             "(f2lightning.tokenizer.prepare_tokenizer adds one)"
         )
     path.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in to_transformers(model.state_dict()).items()}
-    save_file(state, path / "model.safetensors", metadata={"format": "pt"})
-    transformers_config(model.config).save_pretrained(path)
-    model.language_model.generation_config.save_pretrained(path)
-    (path / "f2lightning.json").write_text(json.dumps(model.config.to_dict(), indent=2))
-    if model.tokenizer is not None:
-        model.tokenizer.save_pretrained(path)
+    weights = {k: v.detach().cpu().contiguous() for k, v in to_transformers(state).items()}
+    save_file(weights, path / "model.safetensors", metadata={"format": "pt"})
+    transformers_config(config).save_pretrained(path)
+    generation_config.save_pretrained(path)
+    (path / "f2lightning.json").write_text(json.dumps(config.to_dict(), indent=2))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(path)
     return path

@@ -18,6 +18,7 @@ from torch import nn
 from transformers import BartConfig, BartForConditionalGeneration
 from transformers.modeling_outputs import Seq2SeqLMOutput
 
+from f2lightning.model import checkpoints
 from f2lightning.model.config import Florence2Config
 from f2lightning.model.projector import ImageProjector
 from f2lightning.model.vision import create_vision_tower, stage_modules
@@ -183,12 +184,17 @@ class Florence2(nn.Module):
 
         The tokenizer is attached (`model.tokenizer`) when the directory has tokenizer files.
         """
-        from f2lightning.model import checkpoints
-
-        return checkpoints.load_florence2(cls, Path(path), **config_overrides)
+        checkpoint = checkpoints.read_florence2(Path(path), **config_overrides)
+        model = cls(checkpoint.config)
+        checkpoints.load_weights(
+            model, checkpoint.state_dict, source=checkpoint.source, config_source=checkpoint.config_source
+        )
+        model.language_model.tie_weights()
+        model.tokenizer = checkpoint.tokenizer
+        return model
 
     def save_pretrained(self, path: str | Path) -> Path:
         """Write the transformers-native layout (config.json, model.safetensors, tokenizer files if attached)."""
-        from f2lightning.model import checkpoints
-
-        return checkpoints.save_florence2(self, Path(path))
+        return checkpoints.save_florence2(
+            Path(path), self.config, self.state_dict(), self.language_model.generation_config, self.tokenizer
+        )
