@@ -82,7 +82,8 @@ class Florence2Processor:
         return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
 
     def tokenize_targets(self, targets: Sequence[str]) -> torch.Tensor:
-        """Target ids as labels: padding is -100 so it never counts in the loss (DESIGN §4)."""
+        """Target ids as labels: padding is -100, the `ignore_index` of BART's cross-entropy, so it never counts in
+        the loss."""
         encoded = self.tokenizer(
             list(targets), padding=True, truncation=True, max_length=self.max_target_length, return_tensors="pt"
         )

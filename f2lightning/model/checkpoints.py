@@ -1,4 +1,4 @@
-"""Checkpoint formats: read any released Florence-2 layout, write the transformers-native one (DESIGN §3).
+"""Checkpoint formats: read any released Florence-2 layout, write the transformers-native one (docs/INTERFACES.md).
 
 Formats, by their tell-tale keys:
 - ``hf``: transformers' `Florence2ForConditionalGeneration` (`model.vision_tower.convs.0.conv.weight`, ...);

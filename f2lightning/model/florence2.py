@@ -1,4 +1,4 @@
-"""Florence-2: DaViT image encoder + projector + BART multi-modal encoder-decoder (paper §3, DESIGN §2).
+"""Florence-2: DaViT image encoder + projector + BART multi-modal encoder-decoder (paper §3).
 
 Image tokens are prepended to the prompt's token embeddings inside `forward` / `generate`, so callers pass only
 prompt tokens. Samples that ask about the same image may share one row of `pixel_values` (`image_index`): the
@@ -140,7 +140,7 @@ class Florence2(nn.Module):
         projector: bool = False,
         language: bool = False,
     ) -> None:
-        """Turn gradients off with `requires_grad_(False)` (never a made-up attribute; DESIGN §4).
+        """Turn gradients off with `requires_grad_(False)` (never a made-up attribute; CONTRIBUTING.md, "Design rules").
 
         `vision_stages=k` freezes DaViT stages 1..k in the paper's numbering (stage 1 includes the stem);
         `vision=True` freezes the whole image encoder. Frozen parts keep their train/eval mode: use

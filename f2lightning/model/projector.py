@@ -1,4 +1,4 @@
-"""The image projector: the only model code f2lightning owns (DESIGN §2).
+"""The image projector: the only model code f2lightning owns (CONTRIBUTING.md, "Design rules").
 
 Attribute names follow transformers' `Florence2MultiModalProjector`, so converting a checkpoint is a prefix swap.
 """

@@ -1,7 +1,7 @@
 """The image encoder: timm's DaViT in its Florence-2 flavour.
 
-timm already implements DaViT exactly (DESIGN §2, checked against transformers' Florence-2 tower), so we only
-choose its hyper-parameters. `downstream.Florence2DaViT` builds the same module, which keeps the pre-training
+timm already implements DaViT exactly (tests/test_model_equivalence.py checks it against transformers' Florence-2
+tower), so we only choose its hyper-parameters. `downstream.Florence2DaViT` builds the same module, which keeps the pre-training
 tower and the exported detection / segmentation backbone from drifting apart.
 """
 
