@@ -31,6 +31,7 @@ from f2lightning.data.converters.coco import (
 from f2lightning.data.converters.flickr30k import convert_flickr30k_entities, parse_sentence
 from f2lightning.data.converters.icdar import convert_icdar2015
 from f2lightning.data.converters.refcoco import convert_refcoco
+from f2lightning.data.converters.vizwiz import convert_vizwiz
 from f2lightning.data.converters.vqa import convert_textcaps, convert_textvqa, convert_vqav2
 from f2lightning.data.expand import task_annotations
 from f2lightning.data.geometry import signed_area
@@ -435,6 +436,58 @@ def test_textvqa_and_textcaps(tmp_path) -> None:
     assert report.dropped == {"entry_without_caption": 1}
 
 
+def vizwiz_entry(name: str, question: str = "What is this?", answers: list[str] | None = None) -> dict:
+    """One entry of VizWiz-VQA's ``Annotations/val.json`` as published (the test split has no ``answers``)."""
+    entry = {"image": name, "question": question, "answerable": 1, "answer_type": "other"}
+    if answers is not None:
+        entry["answers"] = [{"answer": a, "answer_confidence": "yes"} for a in answers]
+    return entry
+
+
+def test_vizwiz(tmp_path) -> None:
+    image(tmp_path / "val" / "VizWiz_val_00000000.jpg", (64, 48))
+    annotations = dump(
+        tmp_path / "val.json",
+        [
+            vizwiz_entry("VizWiz_val_00000000.jpg", "What is this?", ["a can", " a can ", "", "soda"]),
+            vizwiz_entry("VizWiz_val_00000000.jpg", "  What colour?  ", ["red"] * 10),
+            vizwiz_entry("VizWiz_val_00000000.jpg", "Is it cold?", []),
+            vizwiz_entry("VizWiz_val_00000001.jpg", "Where am I?", ["unanswerable"]),
+        ],
+    )
+    report = ConversionReport()
+    (r,) = convert_vizwiz(annotations, tmp_path / "val", report=report)
+    valid([r])
+    assert (r.id, r.source, r.width, r.height) == ("VizWiz_val_00000000.jpg", "vizwiz", 64, 48)
+    assert [(q.question, q.answers) for q in r.vqa] == [
+        ("What is this?", ["a can", "a can", "soda"]),
+        ("What colour?", ["red"] * 10),
+    ]
+    assert report.records == 1
+    assert report.dropped == {"question_without_answers": 1, "missing_image": 1}
+    assert get_converter("vizwiz").convert is convert_vizwiz
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b'{"questions": []}', "the top level must be a list of questions, got a object"),
+        (b"[7]", "[0] must be a JSON object, got a number"),
+        (b'[{"question": "What is this?"}]', "[0] has no 'image'"),
+        (b'[{"image": ""}]', "[0].image must be a non-empty string"),
+        (b"[{", "cannot be read as JSON"),
+    ],
+    ids=["object", "entry a number", "no image", "empty image", "cut"],
+)
+def test_malformed_vizwiz_is_an_error_naming_the_file(tmp_path, content, message) -> None:
+    path = tmp_path / "val.json"
+    path.write_bytes(content)
+    with pytest.raises(ConversionError, match=f"^{re.escape(str(path))}: {re.escape(message)}"):
+        convert_vizwiz(path, tmp_path)
+    with pytest.raises(ConversionError, match=r"absent\.json: cannot be read"):
+        convert_vizwiz(tmp_path / "absent.json", tmp_path)
+
+
 def test_icdar2015(tmp_path) -> None:
     image(tmp_path / "images" / "img_1.jpg", (100, 80))
     image(tmp_path / "images" / "img_2.jpg", (100, 80))
@@ -466,6 +519,7 @@ def test_registry() -> None:
         "textvqa",
         "textcaps",
         "icdar2015",
+        "vizwiz",
     }
     with pytest.raises(KeyError, match="unknown format"):
         get_converter("pascal")
@@ -766,6 +820,7 @@ def convert_args(tmp_path, fmt: str) -> list[str]:
         "vqav2": [bad, bad, "--image-dir", "x"],
         "textvqa": [bad, "--image-dir", "x"],
         "textcaps": [bad, "--image-dir", "x"],
+        "vizwiz": [bad, "--image-dir", "x"],
         "refcoco": [str(tmp_path / "bad.p"), bad, "--image-dir", "x"],
         "flickr30k-entities": [
             str(folder),

@@ -13,9 +13,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from f2lightning.data.converters.base import ConversionReport, image_path, read_image_size, with_report
+from f2lightning.data.converters.base import image_path
 from f2lightning.data.expand import task_annotations
-from f2lightning.data.schema import Record, VqaPair
+from f2lightning.data.schema import Record
 from f2lightning.evaluation.caption import BLEU, CIDEr, resolve_caption_tokenizer
 from f2lightning.evaluation.detection import DetectionMAP
 from f2lightning.evaluation.generation import EvalSample
@@ -190,37 +190,7 @@ def coco_detection_samples(annotations: str | os.PathLike, image_dir: str | os.P
     return samples
 
 
-def convert_vizwiz(
-    annotations: str | os.PathLike, image_dir: str | os.PathLike, *, report: ConversionReport | None = None
-) -> list[Record]:
-    """VizWiz-VQA ``val.json``: a list of ``{image, question, answers: [{answer, answer_confidence}], ...}``; one
-    record per image. Sizes are read from the image headers; unreadable images are dropped and counted."""
-    report = with_report(report)
-    with open(annotations, encoding="utf-8") as f:
-        entries = json.load(f)
-    records: dict[str, Record] = {}
-    for entry in entries:
-        answers = [a["answer"].strip() for a in entry.get("answers", []) if a["answer"].strip()]
-        if not answers:  # the test split has no answers
-            report.drop("question_without_answers")
-            continue
-        if entry["image"] not in records:
-            path = image_path(image_dir, entry["image"])
-            size = read_image_size(path)
-            if size is None:
-                report.drop("missing_image")
-                continue
-            records[entry["image"]] = Record(
-                image=path, width=size[0], height=size[1], id=entry["image"], source="vizwiz"
-            )
-        records[entry["image"]].vqa.append(VqaPair(question=entry["question"].strip(), answers=answers))
-    report.records += len(records)
-    return list(records.values())
-
-
 DETECTION = Kind("<OD>", detection_score, load=coco_detection_samples, needs_box_scores=True)
-# Public formats that the record converters do not cover (yet).
-RECORD_FORMATS: dict[str, Callable[..., list[Record]]] = {"vizwiz": convert_vizwiz}
 
 
 # ----------------------------------------------------------------------------------------------- registry

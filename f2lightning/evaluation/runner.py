@@ -33,7 +33,7 @@ import yaml
 
 from f2lightning.data.converters import ConversionReport, get_converter
 from f2lightning.evaluation.answer_files import ANSWER_FORMATS, write_answers
-from f2lightning.evaluation.benchmarks import RECORD_FORMATS, Benchmark, get_benchmark
+from f2lightning.evaluation.benchmarks import Benchmark, get_benchmark
 from f2lightning.evaluation.generation import EvalSample, Generation, GenerationSettings, box_scores, generate
 from f2lightning.evaluation.report import BenchmarkResult, SplitResult, write_report
 from f2lightning.model import Florence2
@@ -115,7 +115,7 @@ def load_samples(config: BenchmarkConfig, split: str, data_root: str | Path = ".
         return ANSWER_FORMATS[fmt].load(**args), report
     if kind.load is not None:
         return kind.load(**args), report
-    convert = RECORD_FORMATS.get(fmt) or get_converter(fmt).convert
+    convert = get_converter(fmt).convert
     if "splits" in inspect.signature(convert).parameters:
         args["splits"] = [split]
     records = convert(**args, report=report)

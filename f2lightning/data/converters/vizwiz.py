@@ -1,0 +1,77 @@
+"""VizWiz-VQA (``Annotations/train.json`` / ``val.json``): questions blind people asked about their photos."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from f2lightning.data.converters.base import (
+    BadAnnotation,
+    ConversionReport,
+    Converter,
+    JsonFile,
+    checked_records,
+    image_path,
+    json_type,
+    read_image_size,
+    read_text,
+    register_converter,
+)
+from f2lightning.data.converters.vqa import answer_texts, question_text
+from f2lightning.data.schema import Record, VqaPair
+
+
+class VizWizFile(JsonFile):
+    """VizWiz's file is a JSON *list* of question entries, where :class:`JsonFile` reads objects; the entries
+    are checked with JsonFile's checks, and ``self.data`` holds them."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = os.fspath(path)
+        try:
+            data = json.loads(read_text(path))
+        except (json.JSONDecodeError, RecursionError) as error:
+            raise self.error(f"cannot be read as JSON ({error})") from None
+        if not isinstance(data, list):
+            raise self.error(f"the top level must be a list of questions, got a {json_type(data)}")
+        self.data = [self.object(entry, f"[{i}]") for i, entry in enumerate(data)]
+
+
+@checked_records
+def convert_vizwiz(
+    annotations: str | os.PathLike, image_dir: str | os.PathLike, *, report: ConversionReport
+) -> list[Record]:
+    """``[{image, question, answers: [{answer, answer_confidence}], ...}, ...]``; one record per image with
+    all its question / answers pairs. The file has no image sizes, so they are read from the image headers and
+    unreadable images are dropped (``missing_image``, per question). An entry that is not an object or has no
+    ``image`` name is a :class:`ConversionError` naming the file; a question whose text or answers cannot be
+    used is dropped and counted (the test split has no answers)."""
+    data = VizWizFile(annotations)
+    records: dict[str, Record] = {}
+    for i, entry in enumerate(data.data):
+        name = data.string(entry, "image", f"[{i}]")
+        raw = entry.get("answers", [])
+        if isinstance(raw, list) and all(isinstance(a, dict) for a in raw):  # [{"answer": ...}] as in VQAv2
+            raw = [a.get("answer") for a in raw]
+        try:
+            pair = VqaPair(question=question_text(entry), answers=answer_texts(raw))
+        except BadAnnotation as bad:
+            report.drop(bad.reason, example=f"[{i}] ({name})")
+            continue
+        if name not in records:
+            path = image_path(image_dir, name)
+            size = read_image_size(path)
+            if size is None:
+                report.drop("missing_image", example=path)
+                continue
+            records[name] = Record(image=path, width=size[0], height=size[1], id=name, source="vizwiz")
+        records[name].vqa.append(pair)
+    return list(records.values())
+
+
+def _arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("annotations", help="Annotations/val.json (or train.json)")
+    parser.add_argument("--image-dir", dest="image_dir", required=True, help="the split's images, e.g. val/")
+
+
+register_converter(Converter("vizwiz", "VizWiz-VQA json", convert_vizwiz, _arguments))
