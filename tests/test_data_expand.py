@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from f2lightning.data.expand import ALL_TASKS, Sample, expand, task_annotations
 from f2lightning.data.schema import Grounding, OcrLine, Phrase, Record, Region, VqaPair
-from f2lightning.tasks import get_task
+from f2lightning.tasks import TaskAnnotation, get_task, register_task
 
 BOX_A, BOX_B = [10.0, 10.0, 50.0, 40.0], [60.0, 5.0, 90.0, 45.0]
 SQUARE = [10.0, 10.0, 50.0, 10.0, 50.0, 40.0, 10.0, 40.0]
@@ -81,6 +83,22 @@ def test_restricted_and_unknown_tasks() -> None:
     assert set(by_task(full_record(), ["<OD>", "<VQA>"])) == {"<OD>", "<VQA>"}
     with pytest.raises(ValueError, match="unknown task"):
         task_annotations(full_record(), ["<DETECT>"])
+
+
+def test_a_task_keeps_only_what_its_own_producer_yields() -> None:
+    od = get_task("<OD>")
+
+    def dogs_only(record: Record) -> list[TaskAnnotation]:
+        return [TaskAnnotation("<OD>", {"bboxes": [BOX_A], "labels": ["dog"]})]
+
+    register_task(dataclasses.replace(od, producer=dogs_only), replace=True)
+    try:
+        # the regions' producer still yields OD annotations; only the task's own producer counts
+        (a,) = task_annotations(full_record(), ["object_detection"])
+        assert a.annotation == {"bboxes": [BOX_A], "labels": ["dog"]}
+    finally:
+        register_task(od, replace=True)
+    assert [a.annotation["labels"] for a in by_task(full_record())["<OD>"]] == [["dog", "cat"]]
 
 
 def test_expand_renders_prompts_and_targets() -> None:

@@ -15,7 +15,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from transformers.models.florence2 import processing_florence2 as florence2
 
-from f2lightning.tasks import TASKS, Task, get_task, parse, register_task
+from f2lightning.tasks import TASKS, Task, get_task, parse, register_task, unregister_task
 from f2lightning.tasks.formats import BANNED_GROUNDING_PHRASES
 from f2lightning.tasks.geometry import clockwise_polygon, clockwise_quad, normalise_box, signed_area
 
@@ -188,12 +188,20 @@ def test_register_task_refuses_clashes_unless_replacing():
     with pytest.raises(ValueError, match="clashes"):
         register_task(Task("<OD>", "Find things.", 10, True, "boxes"))
     custom = Task("<COUNT_TEST>", "How many {input}?", 8, False)
+    order = list(TASKS)
     try:
         assert register_task(custom) is get_task("count_test")
+        assert list(TASKS) == [*order, "<COUNT_TEST>"]
+        register_task(Task("<AFTER_TEST>", "After.", 8, False))
         replacement = register_task(Task("<COUNT_TEST>", "Count {input}.", 8, False), replace=True)
         assert get_task("<COUNT_TEST>") is replacement
+        # a replaced task keeps its place: the training data's task order (its dataset indices) does not move
+        assert list(TASKS) == [*order, "<COUNT_TEST>", "<AFTER_TEST>"]
     finally:
-        TASKS.pop("<COUNT_TEST>", None)
+        for token in ("<COUNT_TEST>", "<AFTER_TEST>"):
+            if token in TASKS:
+                unregister_task(token)
+    assert list(TASKS) == order
 
 
 def test_unknown_output_format_is_refused():

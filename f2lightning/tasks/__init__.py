@@ -8,13 +8,27 @@ from f2lightning.tasks.locations import (
     parse_locations,
     quantize,
 )
-from f2lightning.tasks.registry import TASKS, Task, get_task, parse, register_task
+from f2lightning.tasks.registry import (
+    TASKS,
+    Producer,
+    Task,
+    TaskAnnotation,
+    UnknownTaskError,
+    get_task,
+    parse,
+    register_task,
+    task_tokens,
+    unregister_task,
+)
 
 __all__ = [
     "LOCATION_TOKENS",
     "NUM_BINS",
     "TASKS",
+    "Producer",
     "Task",
+    "TaskAnnotation",
+    "UnknownTaskError",
     "dequantize",
     "format_locations",
     "get_task",
@@ -22,4 +36,6 @@ __all__ = [
     "parse_locations",
     "quantize",
     "register_task",
+    "task_tokens",
+    "unregister_task",
 ]
