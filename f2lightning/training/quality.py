@@ -1,13 +1,15 @@
 """First per-task quality figures for validation (the benchmark protocols live in f2lightning.evaluation).
 
-Ground truth comes from parsing the target text with the same task parser as the predictions, so both sides
-go through identical quantization (at most one bin apart from the raw annotation).
+The metric follows a task's output format (`Task.output`), never its token, so a registered task is scored like
+the built-in tasks of its format. Ground truth comes from parsing the target text with the same task parser as
+the predictions, so both sides go through identical quantization (at most one bin apart from the raw annotation).
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -15,13 +17,38 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from f2lightning.evaluation import BLEU, ReferringSegmentationIoU, box_iou
+from f2lightning.tasks import get_task
 
-BOX_TASKS = {
-    "<OD>", "<DENSE_REGION_CAPTION>", "<REGION_PROPOSAL>", "<CAPTION_TO_PHRASE_GROUNDING>",
-    "<REFERRING_EXPRESSION_COMPREHENSION>", "<OPEN_VOCABULARY_DETECTION>",
+
+@dataclass(frozen=True)
+class BoxRecall:
+    """Recall@0.5 of the result's shapes under `key` (quad boxes through their bounding boxes), labels compared
+    when `use_labels`."""
+
+    key: str = "bboxes"
+    use_labels: bool = True
+
+
+MASK_IOU, TEXT_MATCH = "mask", "text"
+# Output format (f2lightning.tasks.formats) -> how validation scores it: box recall, polygon mask IoU, or exact
+# match + BLEU-4 of the text.
+FORMAT_METRICS: dict[str, BoxRecall | str] = {
+    "text": TEXT_MATCH,
+    "boxes": BoxRecall(),
+    "phrase_grounding": BoxRecall(),
+    "region_proposals": BoxRecall(use_labels=False),  # proposals have no labels
+    "boxes_or_polygons": BoxRecall(use_labels=False),  # the prompt names the one category
+    "quad_boxes": BoxRecall("quad_boxes"),
+    "polygons": MASK_IOU,
 }
-POLYGON_TASKS = {"<REFERRING_EXPRESSION_SEGMENTATION>", "<REGION_TO_SEGMENTATION>"}
-QUAD_TASKS = {"<OCR_WITH_REGION>"}
+
+
+def task_metric(task: str) -> BoxRecall | str:
+    """How validation scores `task` (a token or name): its output format's entry in `FORMAT_METRICS`."""
+    output = get_task(task).output
+    if output not in FORMAT_METRICS:
+        raise KeyError(f"{task}: no validation metric for output format {output!r}; map it in FORMAT_METRICS")
+    return FORMAT_METRICS[output]
 
 
 def matched_recall(pred: dict, target: dict, key: str = "bboxes", use_labels: bool = True, threshold: float = 0.5) -> tuple[int, int]:
@@ -61,25 +88,26 @@ class TaskQuality(nn.Module):
 
     def __init__(self, tasks: Sequence[str]) -> None:
         super().__init__()
+        self.scoring = {task: task_metric(task) for task in tasks}
         self.metrics = nn.ModuleDict()
-        for task in tasks:
-            if task in BOX_TASKS or task in QUAD_TASKS:
+        for task, scoring in self.scoring.items():
+            if isinstance(scoring, BoxRecall):
                 self.metrics[_key(task, "box_recall@0.5")] = MeanMetric()
-            elif task in POLYGON_TASKS:
+            elif scoring == MASK_IOU:
                 self.metrics[_key(task, "mask")] = ReferringSegmentationIoU()
             else:
                 self.metrics[_key(task, "exact_match")] = MeanMetric()
                 self.metrics[_key(task, "bleu4")] = BLEU()
 
     def update(self, task: str, preds: Sequence[Any], targets: Sequence[Any], image_sizes: Sequence[tuple[int, int]]) -> None:
-        if task in BOX_TASKS or task in QUAD_TASKS:
-            key = "quad_boxes" if task in QUAD_TASKS else "bboxes"
+        scoring = self.scoring[task]
+        if isinstance(scoring, BoxRecall):
             recall = self.metrics[_key(task, "box_recall@0.5")]
             for pred, target in zip(preds, targets, strict=True):
-                matched, total = matched_recall(pred, target, key, use_labels=task != "<REGION_PROPOSAL>")
+                matched, total = matched_recall(pred, target, scoring.key, use_labels=scoring.use_labels)
                 if total:
                     recall.update(torch.tensor(matched / total), weight=total)
-        elif task in POLYGON_TASKS:
+        elif scoring == MASK_IOU:
             self.metrics[_key(task, "mask")].update(preds, targets, image_sizes)
         else:
             matches = [float(p.strip() == t.strip()) for p, t in zip(preds, targets, strict=True)]
