@@ -22,10 +22,11 @@ from lightning.fabric.utilities.warnings import PossibleUserWarning
 from torch.utils.data import DataLoader
 
 from f2lightning.data.dataset import Collator, MultitaskDataset, SizeMismatch
-from f2lightning.data.expand import ALL_TASKS, Sample, expand
+from f2lightning.data.expand import Sample, expand
 from f2lightning.data.records import SkipReport, read_records
 from f2lightning.data.sampler import MixedTaskSampler, ResumableBatchSampler
 from f2lightning.processor import Florence2Processor
+from f2lightning.tasks import TASKS, task_tokens
 
 log = logging.getLogger(__name__)
 _SPECIAL = re.compile(r"<loc_\d+>|<poly>|<sep>")
@@ -67,7 +68,8 @@ class Florence2DataModule(L.LightningDataModule):
                 texts by `prepare_data` when missing.
             synthetic_dir: use (and create in `prepare_data` if missing) the synthetic multitask dataset there
                 with `synthetic_images` images; fills in `train_files` / `val_files`.
-            tasks: task tokens to train on (default: every task the records support).
+            tasks: tasks (tokens or names of registered tasks) to train on (default: every task the records
+                support).
             task_weights: relative sampling weight per task (default: proportional to sample counts).
             epoch_length: samples per epoch over all ranks (default: all samples once).
             warmup_task_weights / warmup_task_steps: sampling weights for the first `warmup_task_steps` batches
@@ -105,9 +107,10 @@ class Florence2DataModule(L.LightningDataModule):
             raise ValueError("warmup_task_steps applies to record files, not to streaming_dir")
         if tasks_per_image < 1 or batch_size % tasks_per_image:
             raise ValueError(f"batch_size {batch_size} must be a positive multiple of tasks_per_image {tasks_per_image}")
-        unknown = sorted((set(tasks or []) | set(task_weights or {}) | set(warmup_task_weights or {})) - set(ALL_TASKS))
-        if unknown:
-            raise ValueError(f"unknown task(s) {unknown}; known: {', '.join(ALL_TASKS)}")
+        # Tasks as tokens from here on (the registry refuses unknown ones, naming the known tasks).
+        self.tasks = task_tokens(tasks) if tasks else None
+        self.task_weights = _by_token(task_weights)
+        self.warmup_task_weights = _by_token(warmup_task_weights)
         self.train_files, self.val_files = list(train_files or []), list(val_files or [])
         self.tokenizer_path = Path(tokenizer)
         self.tokenizer = None
@@ -160,7 +163,7 @@ class Florence2DataModule(L.LightningDataModule):
                 self.skip_report.write(Path(self.trainer.log_dir) / "skipped_records.json")
 
     def _samples(self, files: list[str], max_images: int | None = None) -> dict[str, list[Sample]]:
-        tasks = self.hparams.tasks or (list(self.hparams.task_weights) if self.hparams.task_weights else None)
+        tasks = self.tasks or (list(self.task_weights) if self.task_weights else None)
         records = [
             record
             for file in files
@@ -173,11 +176,11 @@ class Florence2DataModule(L.LightningDataModule):
         for record in records:
             for sample in expand(record, tasks):
                 by_task[sample.task].append(sample)
-        missing = sorted(set(self.hparams.task_weights or {}) - set(by_task))
+        missing = sorted(set(self.task_weights or {}) - set(by_task))
         if missing:
             raise ValueError(f"task_weights name tasks with no samples in {files}: {missing}")
-        # A fixed task order keeps dataset indices identical on every rank and every run.
-        return {task: by_task[task] for task in ALL_TASKS if task in by_task}
+        # A fixed task order (the registry's) keeps dataset indices identical on every rank and every run.
+        return {task: by_task[task] for task in TASKS if task in by_task}
 
     # ------------------------------------------------------------------ loaders
     def _rank(self) -> tuple[int, int]:
@@ -190,14 +193,14 @@ class Florence2DataModule(L.LightningDataModule):
         if hp.streaming_dir is not None:  # litdata splits the stream across ranks and workers itself
             from f2lightning.data.streaming import build_stream, streaming_loader
 
-            stream = build_stream(hp.streaming_dir, self.processor, hp.tasks, hp.task_weights, hp.seed, hp.on_bad_sample,
-                                  hp.tasks_per_image, hp.size_mismatch)
+            stream = build_stream(hp.streaming_dir, self.processor, self.tasks, self.task_weights, hp.seed,
+                                  hp.on_bad_sample, hp.tasks_per_image, hp.size_mismatch)
             return streaming_loader(stream, self.processor, hp.batch_size, hp.num_workers)
         rank, world_size = self._rank()
         dataset = self.train_dataset
         sampler = MixedTaskSampler(
-            dataset.task_sizes, hp.task_weights, hp.epoch_length, hp.seed, rank, world_size,
-            warmup_weights=hp.warmup_task_weights, warmup_length=hp.warmup_task_steps * hp.batch_size * world_size,
+            dataset.task_sizes, self.task_weights, hp.epoch_length, hp.seed, rank, world_size,
+            warmup_weights=self.warmup_task_weights, warmup_length=hp.warmup_task_steps * hp.batch_size * world_size,
             tasks_per_image=hp.tasks_per_image, image_keys=[sample.image_path for sample in dataset.flat],
         )
         lengths = [len(sample.target) for sample in dataset.flat] if hp.bucket_batches > 1 else None
@@ -248,6 +251,10 @@ class Florence2DataModule(L.LightningDataModule):
             # Lightning warns "your dataloader is not resumable" for any mid-epoch resume of a loader without its own
             # `state_dict`; this loader resumes exactly through the state above, so the warning would only mislead.
             warnings.filterwarnings("ignore", message=".*your dataloader is not resumable", category=PossibleUserWarning)
+
+
+def _by_token(weights: dict[str, float] | None) -> dict[str, float] | None:
+    return dict(zip(task_tokens(weights), weights.values(), strict=True)) if weights else weights
 
 
 def train_tokenizer_on_records(files: list[str], out_dir: Path, vocab_size: int) -> Path:

@@ -37,12 +37,12 @@ from litdata.streaming.serializers import _SERIALIZERS, Serializer
 from PIL import Image
 
 from f2lightning.data.dataset import Collator, SizeMismatch, fit_declared_size, skipped_item
-from f2lightning.data.expand import ALL_TASKS, expand
+from f2lightning.data.expand import expand
 from f2lightning.data.records import OnBadSample, SkipReport, read_records
 from f2lightning.data.schema import BadRecordError
 from f2lightning.images import BadImageError, load_image_bytes
 from f2lightning.processor import Florence2Processor
-from f2lightning.tasks import get_task
+from f2lightning.tasks import TASKS, get_task, task_tokens
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def write_shards(
     (reasons `missing_image`, `bad_image`, and the record reasons of `read_records`).
     """
     report = report if report is not None else SkipReport()
-    wanted = [get_task(t).token for t in tasks] if tasks else None
+    wanted = task_tokens(tasks) if tasks else None
     samples: dict[str, list[tuple[str, str, str]]] = defaultdict(list)  # image → its samples, every record's
     sizes: dict[str, tuple[int, int]] = {}
     for file in record_files:
@@ -134,10 +134,10 @@ def write_shards(
         for image, found in samples.items():
             for sample in found:
                 per_task[sample[0]][image].append(sample)
-        for task in (t for t in ALL_TASKS if t in per_task):
+        for task in (t for t in TASKS if t in per_task):
             jobs = [_ImageSamples(image, sizes[image], tuple(found)) for image, found in per_task[task].items()]
             _optimize(_sample_items, jobs, f"{root}/{get_task(task).name}", chunk_bytes, num_workers, overwrite)
-    return {task: counts[task] for task in ALL_TASKS if task in counts}
+    return {task: counts[task] for task in TASKS if task in counts}
 
 
 def _optimize(fn, jobs: list[_ImageSamples], output_dir: str, chunk_bytes: str | int, num_workers: int,
@@ -291,7 +291,7 @@ class ImageRunStream(_ImageShards):
         super().__init__(input_dir, processor, on_bad_sample, seed, size_mismatch)
         self.tasks_per_image = tasks_per_image
         self.task_weights = dict(task_weights) if task_weights else None
-        self.tasks = set(tasks or ALL_TASKS) & set(self.task_weights or ALL_TASKS)
+        self.tasks = set(tasks or TASKS) & set(self.task_weights or TASKS)
 
     def __getitem__(self, index: ChunkedIndex | int) -> list[dict[str, Any]]:
         item = self._read(index)
@@ -326,15 +326,15 @@ class _RunCollator(Collator):
 
 
 def task_dirs(streaming_dir: str, tasks: Sequence[str] | None = None) -> dict[str, str]:
-    """`{task token: shard folder}` under `streaming_dir`, in `ALL_TASKS` order.
+    """`{task token: shard folder}` under `streaming_dir`, in the task registry's order.
 
     Named `tasks` need no listing, so `streaming_dir` may be an object-store URL; otherwise the local folder
     is searched for the task folders `write_shards` made.
     """
     root = streaming_dir.rstrip("/")
     if tasks:
-        wanted = {get_task(t).token for t in tasks}
-        dirs = {t: f"{root}/{get_task(t).name}" for t in ALL_TASKS if t in wanted}
+        wanted = set(task_tokens(tasks))
+        dirs = {t: f"{root}/{TASKS[t].name}" for t in TASKS if t in wanted}
         missing = [d for d in dirs.values() if "://" not in d and not (Path(d) / "index.json").is_file()]
         if missing:
             raise FileNotFoundError(f"no shards in {missing}; run `f2lightning shard`")
@@ -347,7 +347,7 @@ def task_dirs(streaming_dir: str, tasks: Sequence[str] | None = None) -> dict[st
             f"no task shards (<task>/index.json) under {streaming_dir}; run `f2lightning shard`"
             + (" (the shards there were written --by-image: they serve data.tasks_per_image > 1)" if by_image else "")
         )
-    return {t: found[t] for t in ALL_TASKS if t in found}
+    return {t: found[t] for t in TASKS if t in found}
 
 
 def build_stream(
@@ -378,7 +378,7 @@ def build_stream(
                 f"tasks_per_image={tasks_per_image} reads shards written by image, and {images} has none; "
                 "run `f2lightning shard --by-image`"
             )
-        wanted = [get_task(t).token for t in tasks] if tasks else None
+        wanted = task_tokens(tasks) if tasks else None
         return ImageRunStream(images, processor, tasks_per_image, wanted, weights, on_bad_sample, seed, size_mismatch)
     dirs = task_dirs(streaming_dir, tasks or list(weights) or None)
     if weights:  # as in MixedTaskSampler: a task without a weight is not drawn

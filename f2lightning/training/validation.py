@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from f2lightning.model.config import Florence2Config
+from f2lightning.tasks import TASKS, UnknownTaskError, task_tokens
 
 # `ckpt_path` values Lightning (or our CLI) resolves itself rather than reading as a file name.
 SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
@@ -85,15 +86,14 @@ def model_problems(hp: Mapping[str, Any]) -> list[str]:
 
 
 def data_problems(hp: Mapping[str, Any]) -> list[str]:
-    from f2lightning.data.expand import ALL_TASKS
-
     tasks, weights = hp.get("tasks") or [], hp.get("task_weights") or {}
     if not isinstance(tasks, list | tuple) or not isinstance(weights, Mapping):
         return [f"data.tasks must be a list of task tokens and data.task_weights a mapping, got {tasks!r} / {weights!r}"]
     problems = []
-    unknown = sorted(map(str, (set(tasks) | set(weights)) - set(ALL_TASKS)))
-    if unknown:
-        problems.append(f"data: unknown task(s) {unknown}; known: {', '.join(ALL_TASKS)}")
+    try:
+        task_tokens([*tasks, *weights])
+    except UnknownTaskError as error:
+        problems.append(f"data: {error}")
     bad_weights = {task: w for task, w in weights.items() if not _positive(w)}
     if bad_weights:
         problems.append(f"data.task_weights must be positive finite numbers, got {bad_weights}")
@@ -104,8 +104,8 @@ def data_problems(hp: Mapping[str, Any]) -> list[str]:
         warmup and not any(_positive(w) for w in warmup.values())
     ):
         problems.append(f"data.warmup_task_weights must map tasks to non-negative numbers, one positive, got {warmup!r}")
-    elif set(warmup) - set(tasks or weights or ALL_TASKS):
-        problems.append(f"data.warmup_task_weights name tasks that are not trained on: {sorted(map(str, set(warmup) - set(tasks or weights or ALL_TASKS)))}")
+    elif set(warmup) - set(tasks or weights or TASKS):
+        problems.append(f"data.warmup_task_weights name tasks that are not trained on: {sorted(map(str, set(warmup) - set(tasks or weights or TASKS)))}")
     if bool(hp.get("warmup_task_steps")) != bool(warmup):
         problems.append("data.warmup_task_weights and data.warmup_task_steps go together: give both or neither")
     image_size = hp.get("image_size", 768)
