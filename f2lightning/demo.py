@@ -27,9 +27,9 @@ def results_table(before: dict[str, float], after: dict[str, float]) -> str:
     """Markdown table, one row per validation metric: untrained vs trained."""
     rows = ["| task | metric | untrained | trained |", "|---|---|---:|---:|"]
     for name in sorted(after):
-        if not name.startswith("val/") or name == "val/loss":
+        task, _, metric = name.removeprefix("val/").partition("/")
+        if not name.startswith("val/") or not metric:  # the loss and the skipped-image count are not per task
             continue
-        task, metric = name.removeprefix("val/").split("/", 1)
         rows.append(f"| {task} | {metric} | {before.get(name, float('nan')):.3f} | {after[name]:.3f} |")
     rows.append(f"| all | loss | {before.get('val/loss', float('nan')):.3f} | {after.get('val/loss', float('nan')):.3f} |")
     return "\n".join(rows)
