@@ -53,7 +53,7 @@ def test_tiny_model_learns_the_synthetic_tasks(tmp_path_factory):
         synthetic_dir=str(data), tokenizer_vocab_size=600, image_size=128, batch_size=16, num_workers=0,
         tasks=["<CAPTION>", "<OD>"], val_samples_per_task=VAL_SAMPLES, val_batch_size=48, epoch_length=16 * STEPS,
     )
-    # From scratch (CONTRIBUTING "Training from scratch"): the encoders hold still while the decoder learns to read
+    # From scratch (docs/training.md "Training from scratch"): the encoders hold still while the decoder learns to read
     # them, and the random DaViT then learns slower than the rest.
     lit = helpers.module(config_overrides=None, lr=1e-3, warmup_steps=50, val_max_new_tokens=30, min_lr_ratio=0.1,
                          hold_encoders_steps=HOLD_ENCODERS, vision_lr_scale=0.1)

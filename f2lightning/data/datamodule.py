@@ -75,7 +75,7 @@ class Florence2DataModule(L.LightningDataModule):
             warmup_task_weights / warmup_task_steps: sampling weights for the first `warmup_task_steps` batches
                 of training (per rank), e.g. `{"<CAPTION>": 1}`: a model trained from scratch on several tasks at
                 once learns to tell the prompts apart and ignores the image; a short caption-only start makes it
-                read the image first (see CONTRIBUTING "Training from scratch"). Tasks left out get weight 0.
+                read the image first (see docs/training.md "Training from scratch"). Tasks left out get weight 0.
             val_samples_per_task: cap on validation samples per task (generation is slow).
             on_bad_sample: `raise` stops at the first bad record / image naming it; `skip` counts and reports.
             size_mismatch: an image file whose size differs from its record's `width` / `height` is a bad sample

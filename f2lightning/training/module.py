@@ -102,11 +102,11 @@ class Florence2LitModule(L.LightningModule):
             image_size: input resolution (384 pre-training, 768 high-resolution tuning); linked to the data's.
             vision_lr_scale: the image encoder's learning rate is `lr * vision_lr_scale`. Below 1 (e.g. 0.1) it keeps
                 a DaViT trained from scratch from collapsing to image-independent features in its first steps
-                (CONTRIBUTING "Training from scratch").
+                (docs/training.md "Training from scratch").
             hold_encoders_steps: the image encoder, projector and multi-modal encoder keep their weights (learning
                 rate 0) for the first N optimizer steps while the decoder learns to read them; from scratch a
                 trainable BART encoder otherwise washes the image information out of its output within ~50 steps
-                (CONTRIBUTING "Training from scratch"). Their Adam moments still accumulate meanwhile.
+                (docs/training.md "Training from scratch"). Their Adam moments still accumulate meanwhile.
             freeze_vision / freeze_vision_stages / freeze_language: Table 12 and Table 8 style freezing.
             activation_checkpointing: recompute DaViT stages and BART layers in the backward pass instead of keeping
                 their activations (less memory, about a third more compute).
