@@ -1,6 +1,12 @@
-"""The demo's results table reads every metric validation logs, per-task or not."""
+"""The demo's results table reads every metric validation logs, per-task or not, with the image-blind prior beside each."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
 
 from f2lightning.demo import results_table
 
@@ -8,7 +14,24 @@ from f2lightning.demo import results_table
 def test_results_table_keeps_task_metrics_and_leaves_out_run_wide_counts():
     before = {"val/OD/box_recall@0.5": 0.0, "val/loss": 7.0, "val/skipped_images": 0.0}
     after = {"val/OD/box_recall@0.5": 0.25, "val/loss": 1.5, "val/skipped_images": 2.0}
-    rows = results_table(before, after).splitlines()
-    assert "| OD | box_recall@0.5 | 0.000 | 0.250 |" in rows
-    assert rows[-1] == "| all | loss | 7.000 | 1.500 |"
+    prior = {"OD/box_recall@0.5": 0.05}
+    rows = results_table(before, after, prior).splitlines()
+    assert "| OD | box_recall@0.5 | 0.000 | 0.050 | 0.250 |" in rows
+    assert rows[-1] == "| all | loss | 7.000 | | 1.500 |"
     assert not [row for row in rows if "skipped" in row]
+
+
+def test_the_demo_config_ships_in_the_wheel(tmp_path):
+    # `python -m f2lightning.demo` from an installed wheel: the config must come from the package, not the checkout.
+    repo = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(repo), "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(tmp_path / "dist")], check=True)
+    (wheel,) = (tmp_path / "dist").glob("f2lightning-*.whl")
+    zipfile.ZipFile(wheel).extractall(tmp_path / "site")
+    script = ("from f2lightning.demo import CONFIG; from f2lightning.training.cli import main; "
+              "cli = main(['-c', str(CONFIG)], run=False); print(CONFIG, cli.trainer.max_steps)")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    config, max_steps = out.stdout.split()[-2:]
+    assert Path(config).is_relative_to(tmp_path / "site") and int(max_steps) > 0

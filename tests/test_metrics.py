@@ -575,3 +575,29 @@ def test_ddp_sync_equals_single_process(tmp_path) -> None:
         assert synced.keys() == expected.keys()
         for name, values in expected.items():
             assert synced[name] == pytest.approx(values, abs=1e-9, nan_ok=True), name
+
+
+def test_image_blind_prior_answers_the_most_frequent_training_target_of_each_prompt() -> None:
+    from f2lightning.data.expand import Sample
+    from f2lightning.training.quality import image_blind_prior
+
+    def sample(task: str, prompt: str, target: str) -> Sample:
+        return Sample("x.png", task, prompt, target, (100, 100))
+
+    train = {
+        "<VQA>": [sample("<VQA>", "What color?", "red")] * 2 + [sample("<VQA>", "What color?", "blue"),
+                                                                  sample("<VQA>", "How many?", "2")],
+        "<OD>": [sample("<OD>", "Locate the objects.", "circle<loc_0><loc_0><loc_499><loc_499>")] * 3
+        + [sample("<OD>", "Locate the objects.", "square<loc_500><loc_500><loc_999><loc_999>")],
+    }
+    val = {
+        # "What color?" -> red (right once, wrong once); "How many?" -> 2 (right); a prompt never seen in training
+        # -> the task's most frequent answer, red (wrong).
+        "<VQA>": [sample("<VQA>", "What color?", "red"), sample("<VQA>", "What color?", "blue"),
+                  sample("<VQA>", "How many?", "2"), sample("<VQA>", "What shape?", "circle")],
+        "<OD>": [sample("<OD>", "Locate the objects.", "circle<loc_0><loc_0><loc_499><loc_499>"),
+                 sample("<OD>", "Locate the objects.", "square<loc_500><loc_500><loc_999><loc_999>")],
+    }
+    prior = image_blind_prior(train, val)
+    assert prior["VQA/exact_match"] == pytest.approx(0.5)
+    assert prior["OD/box_recall@0.5"] == pytest.approx(0.5)

@@ -23,10 +23,16 @@ class Florence2CLI(LightningCLI):
 
     def before_fit(self) -> None:
         config = self.config_init[self.subcommand]
-        config.ckpt_path = resume_path(config.get("ckpt_path"), config.get("resume", "auto"), self.trainer)
+        config.ckpt_path = self.prepare_fit(config.get("ckpt_path"), config.get("resume", "auto"))
+
+    def prepare_fit(self, ckpt_path: str | None, resume: str = "auto") -> str | None:
+        """The checkpoint `fit` should start from (`resume_path`), after checking the run's settings and making
+        checkpoint writes atomic. `fit` calls it itself; a script driving the trainer (the demo) calls it."""
+        ckpt_path = resume_path(ckpt_path, resume, self.trainer)
         # Contradictions fail here with one message, before prepare_data / setup read any data.
-        validate_fit(self.model.hparams, self.datamodule.hparams if self.datamodule else None, config.ckpt_path)
+        validate_fit(self.model.hparams, self.datamodule.hparams if self.datamodule else None, ckpt_path)
         use_atomic_checkpoint_io(self.trainer)
+        return ckpt_path
 
 
 def main(args: list[str] | None = None, run: bool = True) -> Florence2CLI:

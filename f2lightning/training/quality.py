@@ -8,7 +8,8 @@ the predictions, so both sides go through identical quantization (at most one bi
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,7 @@ import torch
 from torch import nn
 from torchmetrics import MeanMetric
 
+from f2lightning.data.expand import Sample
 from f2lightning.evaluation import BLEU, ReferringSegmentationIoU, box_iou
 from f2lightning.tasks import get_task
 
@@ -138,3 +140,25 @@ class TaskQuality(nn.Module):
 def _key(task: str, metric: str) -> str:
     # ModuleDict keys may not contain '.', so `@0.5` is spelled without it here and restored in compute().
     return task.strip("<>") + "__" + metric.replace(".", "")
+
+
+def image_blind_prior(train: Mapping[str, Sequence[Sample]], val: Mapping[str, Sequence[Sample]]) -> dict[str, float]:
+    """What a model that ignores the image scores on `val`, in `TaskQuality.compute()`'s keys.
+
+    Its answer to each validation sample is the most frequent training target of the same prompt (a VQA question, a
+    referring expression), or of the task where the prompt never occurred in training (prompts holding a region).
+    A trained model's distance from these figures is what it learned from the images.
+    """
+    tasks = [task for task in val if task in train and val[task]]
+    quality = TaskQuality(tasks)
+    for task in tasks:
+        by_prompt: dict[str, Counter[str]] = {}
+        for sample in train[task]:
+            by_prompt.setdefault(sample.prompt, Counter())[sample.target] += 1
+        overall = Counter(sample.target for sample in train[task]).most_common(1)[0][0]
+        answers = [by_prompt[s.prompt].most_common(1)[0][0] if s.prompt in by_prompt else overall for s in val[task]]
+        parse, sizes = get_task(task).parse, [s.image_size for s in val[task]]
+        preds = [parse(answer, size) for answer, size in zip(answers, sizes, strict=True)]
+        targets = [parse(s.target, size) for s, size in zip(val[task], sizes, strict=True)]
+        quality.update(task, preds, targets, sizes)
+    return quality.compute()
