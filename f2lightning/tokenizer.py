@@ -13,12 +13,10 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from f2lightning.tasks.locations import NUM_BINS
+from f2lightning.tasks.locations import LOCATION_TOKENS, STRUCTURE_TOKENS
 
 BART_SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # ids 0..4, as in facebook/bart-base
 IMAGE_TOKEN = "<image>"
-STRUCTURE_TOKENS = ["<poly>", "<sep>"]
-LOCATION_TOKENS = [f"<loc_{k}>" for k in range(NUM_BINS)]
 
 
 def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
@@ -27,7 +25,7 @@ def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizer
     Callers must resize the model's embeddings to `len(tokenizer)` afterwards (`Florence2.resize_token_embeddings`).
     """
     vocab = tokenizer.get_vocab()
-    plain = [t for t in LOCATION_TOKENS + STRUCTURE_TOKENS if t not in vocab]
+    plain = [t for t in (*LOCATION_TOKENS, *STRUCTURE_TOKENS) if t not in vocab]
     if plain:
         tokenizer.add_tokens(plain)
     if IMAGE_TOKEN not in vocab:

@@ -34,9 +34,9 @@ from f2lightning.data.converters.refcoco import convert_refcoco
 from f2lightning.data.converters.vizwiz import convert_vizwiz
 from f2lightning.data.converters.vqa import convert_textcaps, convert_textvqa, convert_vqav2
 from f2lightning.data.expand import task_annotations
-from f2lightning.data.geometry import signed_area
 from f2lightning.data.records import read_records
 from f2lightning.data.schema import Record, Region
+from f2lightning.geometry import signed_area
 
 
 def image(path, size=(64, 48)) -> None:

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from f2lightning.data.geometry import make_clockwise, mask_to_polygons, signed_area
+from f2lightning.geometry import clockwise_polygon, mask_to_polygons, signed_area
 
 
 def test_orientation() -> None:
     square = [0, 0, 1, 0, 1, 1, 0, 1]  # top-left, top-right, bottom-right: clockwise on screen
     assert signed_area(square) == 1
     counter = [0, 0, 0, 1, 1, 1, 1, 0]
-    assert make_clockwise(counter) == [0, 0, 1, 0, 1, 1, 0, 1]
-    assert make_clockwise(square) == square
+    assert clockwise_polygon(counter) == [0, 0, 1, 0, 1, 1, 0, 1]
+    assert clockwise_polygon(square) == square
 
 
 def test_trace_exact_boundaries() -> None:

@@ -12,9 +12,9 @@ from PIL import Image
 
 from f2lightning.data.commands import register_cli
 from f2lightning.data.expand import ALL_TASKS, expand
-from f2lightning.data.geometry import bounding_box, signed_area
 from f2lightning.data.records import read_records
 from f2lightning.data.synthetic import MIN_IMAGE_SIZE, PALETTE, SyntheticConfig, make_synthetic, render_scene
+from f2lightning.geometry import bounding_box, signed_area
 
 
 def digest(folder) -> dict[str, str]:

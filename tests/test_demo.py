@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -23,8 +24,13 @@ def test_results_table_keeps_task_metrics_and_leaves_out_run_wide_counts():
 
 def test_the_demo_config_ships_in_the_wheel(tmp_path):
     # `python -m f2lightning.demo` from an installed wheel: the config must come from the package, not the checkout.
-    repo = Path(__file__).resolve().parents[1]
-    subprocess.run([sys.executable, "-m", "pip", "wheel", str(repo), "--no-deps", "--no-build-isolation", "-q",
+    repo, source = Path(__file__).resolve().parents[1], tmp_path / "source"  # built from a copy: no build/ here
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(repo / name, source)
+    for name in ("f2lightning", "downstream"):
+        shutil.copytree(repo / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation", "-q",
                     "-w", str(tmp_path / "dist")], check=True)
     (wheel,) = (tmp_path / "dist").glob("f2lightning-*.whl")
     zipfile.ZipFile(wheel).extractall(tmp_path / "site")

@@ -15,9 +15,9 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from transformers.models.florence2 import processing_florence2 as florence2
 
+from f2lightning.geometry import clockwise_polygon, clockwise_quad, normalise_box, signed_area
 from f2lightning.tasks import TASKS, Task, get_task, parse, register_task, unregister_task
 from f2lightning.tasks.formats import BANNED_GROUNDING_PHRASES
-from f2lightning.tasks.geometry import clockwise_polygon, clockwise_quad, normalise_box, signed_area
 
 PAPER_TASKS = [  # Tables 13 and 14
     "<CAPTION>",

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import re
 import warnings
 from collections import defaultdict
 from pathlib import Path
@@ -27,9 +26,9 @@ from f2lightning.data.records import SkipReport, read_records
 from f2lightning.data.sampler import MixedTaskSampler, ResumableBatchSampler
 from f2lightning.processor import Florence2Processor
 from f2lightning.tasks import TASKS, task_tokens
+from f2lightning.tasks.locations import ADDED_TOKEN_PATTERN
 
 log = logging.getLogger(__name__)
-_SPECIAL = re.compile(r"<loc_\d+>|<poly>|<sep>")
 
 
 class Florence2DataModule(L.LightningDataModule):
@@ -266,7 +265,7 @@ def train_tokenizer_on_records(files: list[str], out_dir: Path, vocab_size: int)
         for record in read_records(file, "skip"):
             for sample in expand(record):
                 # Location and structure tokens are added whole; BPE merges spent on them would be wasted.
-                texts += [_SPECIAL.sub(" ", sample.prompt), _SPECIAL.sub(" ", sample.target)]
+                texts += [ADDED_TOKEN_PATTERN.sub(" ", sample.prompt), ADDED_TOKEN_PATTERN.sub(" ", sample.target)]
     tokenizer = train_tokenizer(texts, vocab_size=vocab_size)
     tokenizer.save_pretrained(out_dir)
     (Path(out_dir) / "f2lightning_tokenizer.json").write_text(json.dumps({"trained_on": files, "vocab_size": vocab_size}))

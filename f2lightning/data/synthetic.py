@@ -23,8 +23,8 @@ from typing import Literal
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from f2lightning.data.geometry import bounding_box, box_quad
 from f2lightning.data.schema import Grounding, OcrLine, Phrase, Record, Region, VqaPair
+from f2lightning.geometry import bounding_box, box_quad
 
 PALETTE = {
     "red": (230, 40, 40),

@@ -29,7 +29,7 @@ import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from f2lightning.tasks.geometry import clockwise_polygon, clockwise_quad, normalise_box
+from f2lightning.geometry import clockwise_polygon, clockwise_quad, normalise_box
 from f2lightning.tasks.locations import LOCATION_PATTERN, dequantize_bins, format_locations, parse_bin
 from f2lightning.tasks.text import label_problem, ocr_text_problem
 

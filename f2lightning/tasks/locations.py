@@ -13,6 +13,10 @@ from collections.abc import Sequence
 NUM_BINS = 1000
 LOCATION_TOKENS: tuple[str, ...] = tuple(f"<loc_{k}>" for k in range(NUM_BINS))
 LOCATION_PATTERN = re.compile(r"<loc_(\d+)>")
+# Polygons: an object's parts joined by `<sep>`, each object wrapped in `<poly>…</poly>` (tasks/formats.py).
+STRUCTURE_TOKENS: tuple[str, ...] = ("<poly>", "<sep>")
+# Every token the tokenizer gets whole (tokenizer.prepare_tokenizer), for text that must leave them out.
+ADDED_TOKEN_PATTERN = re.compile("|".join([r"<loc_\d+>", *map(re.escape, STRUCTURE_TOKENS)]))
 
 # Model output can hold absurd numbers (`<loc_99999…>`); beyond this a bin only needs to stay a finite float
 # (Python refuses to turn ints of thousands of digits into floats, or even to read them).

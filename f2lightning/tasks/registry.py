@@ -18,8 +18,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from f2lightning.geometry import bounding_box, normalise_box
 from f2lightning.tasks.formats import PARSERS, SERIALIZERS, ImageSize
-from f2lightning.tasks.geometry import normalise_box
 from f2lightning.tasks.locations import format_locations
 
 if TYPE_CHECKING:
@@ -263,13 +263,8 @@ def _ocr(record: Record) -> list[TaskAnnotation]:
             {"quad_boxes": [list(o.quad) for o in record.ocr], "labels": [o.text for o in record.ocr]},
         ),
     ]
-    out += [TaskAnnotation("<REGION_TO_OCR>", {"text": o.text}, region=_enclosing_box(o.quad)) for o in record.ocr]
+    out += [TaskAnnotation("<REGION_TO_OCR>", {"text": o.text}, region=bounding_box(o.quad)) for o in record.ocr]
     return out
-
-
-def _enclosing_box(quad: Sequence[float]) -> list[float]:
-    xs, ys = quad[0::2], quad[1::2]
-    return [float(min(xs)), float(min(ys)), float(max(xs)), float(max(ys))]
 
 
 def _vqa(record: Record) -> list[TaskAnnotation]:

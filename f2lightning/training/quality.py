@@ -19,6 +19,7 @@ from torchmetrics import MeanMetric
 
 from f2lightning.data.expand import Sample
 from f2lightning.evaluation import BLEU, ReferringSegmentationIoU, box_iou
+from f2lightning.geometry import bounding_box
 from f2lightning.tasks import get_task
 
 
@@ -55,8 +56,9 @@ def task_metric(task: str) -> BoxRecall | str:
 
 def matched_recall(pred: dict, target: dict, key: str = "bboxes", use_labels: bool = True, threshold: float = 0.5) -> tuple[int, int]:
     """(matched, total) ground-truth regions: greedy one-to-one matching by IoU ≥ threshold (and equal label)."""
-    gt_boxes = [_as_box(b) for b in target.get(key, [])]
-    pred_boxes = [_as_box(b) for b in pred.get(key, [])]
+    # Quad boxes are compared through their bounding boxes.
+    gt_boxes = [bounding_box(b) for b in target.get(key, [])]
+    pred_boxes = [bounding_box(b) for b in pred.get(key, [])]
     gt_labels = target.get("labels") or [""] * len(gt_boxes)
     pred_labels = pred.get("labels") or [""] * len(pred_boxes)
     used: set[int] = set()
@@ -73,12 +75,6 @@ def matched_recall(pred: dict, target: dict, key: str = "bboxes", use_labels: bo
             used.add(best)
             matched += 1
     return matched, len(gt_boxes)
-
-
-def _as_box(coords: Sequence[float]) -> list[float]:
-    # Quad boxes are compared through their bounding boxes.
-    xs, ys = coords[0::2], coords[1::2]
-    return [min(xs), min(ys), max(xs), max(ys)]
 
 
 class TaskQuality(nn.Module):

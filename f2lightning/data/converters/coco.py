@@ -32,8 +32,8 @@ from f2lightning.data.converters.base import (
     read_image_size,
     register_converter,
 )
-from f2lightning.data.geometry import clip_points, mask_to_polygons
 from f2lightning.data.schema import Record, Region
+from f2lightning.geometry import clip_points, mask_to_polygons
 
 CrowdPolicy = Literal["skip", "keep"]
 

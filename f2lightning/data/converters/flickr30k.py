@@ -19,8 +19,8 @@ from f2lightning.data.converters.base import (
     register_converter,
     require_folder,
 )
-from f2lightning.data.geometry import clip_points
 from f2lightning.data.schema import Grounding, Phrase, Record
+from f2lightning.geometry import clip_points
 
 # "[/EN#123/people/other A man]": entity id, its types, the phrase words.
 _ENTITY = re.compile(r"\[/EN#(\d+)((?:/[^\s\]]+)*)\s+([^\]]*)\]")

@@ -17,8 +17,8 @@ from f2lightning.data.converters.base import (
     register_converter,
     require_folder,
 )
-from f2lightning.data.geometry import clip_points, make_clockwise
 from f2lightning.data.schema import OcrLine, Record
+from f2lightning.geometry import clip_points, clockwise_polygon
 
 DONT_CARE = "###"
 IMAGE_SUFFIXES = (".jpg", ".png", ".jpeg", ".JPG", ".PNG")
@@ -80,7 +80,7 @@ def convert_icdar2015(
             if text == DONT_CARE or not text.strip():
                 report.drop("dont_care_text")
                 continue
-            lines.append(OcrLine(quad=make_clockwise(clip_points(quad, *size)), text=text))
+            lines.append(OcrLine(quad=clockwise_polygon(clip_points(quad, *size)), text=text))
         if not lines:
             report.drop("image_without_text")
             continue
