@@ -471,7 +471,7 @@ def test_vizwiz(tmp_path) -> None:
 @pytest.mark.parametrize(
     "content, message",
     [
-        (b'{"questions": []}', "the top level must be a list of questions, got a object"),
+        (b'{"questions": []}', "the top level must be a list, got a object"),
         (b"[7]", "[0] must be a JSON object, got a number"),
         (b'[{"question": "What is this?"}]', "[0] has no 'image'"),
         (b'[{"image": ""}]', "[0].image must be a non-empty string"),
@@ -1131,3 +1131,20 @@ def test_duplicate_annotation_ids_are_an_error_because_pycocotools_keeps_one(tmp
     assert len(coco.anns) == 1 and len(coco.imgToAnns[1]) == 2 and coco.anns[1]["bbox"] == [30, 30, 5, 5]
     with pytest.raises(ConversionError, match=re.escape(f"{path}: annotations[1] repeats id 1")):
         convert_coco_instances(path, "images")
+
+
+def test_each_converter_declares_its_files_and_folders_by_annotation():
+    import argparse
+
+    from f2lightning.data.converters import CONVERTERS, path_parameters
+
+    assert path_parameters(get_converter("coco-instances").convert) == {"annotations", "image_dir"}
+    assert path_parameters(get_converter("flickr30k-entities").convert) == {
+        "sentences_dir", "annotations_dir", "image_dir", "ids"}
+    for name, converter in CONVERTERS.items():
+        parser = argparse.ArgumentParser()
+        converter.add_arguments(parser)
+        dests = {action.dest for action in parser._actions}
+        # Every path parameter is also a command-line argument, and `splits` is declared where it exists.
+        assert path_parameters(converter.convert) <= dests, name
+        assert converter.splits == ("splits" in dests), name

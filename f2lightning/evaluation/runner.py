@@ -20,10 +20,9 @@ are written to ``<output>/answers/<benchmark>_<column>.json`` for the benchmark'
 
 from __future__ import annotations
 
-import inspect
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ import torch
 import yaml
 
 from f2lightning.data.converters import ConversionReport, get_converter
+from f2lightning.data.converters.base import path_parameters
 from f2lightning.evaluation.answer_files import ANSWER_FORMATS, write_answers
 from f2lightning.evaluation.benchmarks import Benchmark, get_benchmark
 from f2lightning.evaluation.generation import EvalSample, Generation, GenerationSettings, box_scores, generate
@@ -39,13 +39,6 @@ from f2lightning.evaluation.report import BenchmarkResult, SplitResult, write_re
 from f2lightning.model import Florence2
 from f2lightning.processor import Florence2Processor
 from f2lightning.tasks import get_task
-
-# Keys of a config's `data` block that name files or folders (resolved against the data root).
-PATH_KEYS = frozenset(
-    {"annotations", "captions", "dataset", "questions", "refs", "instances", "image_dir", "sentences_dir",
-     "annotations_dir", "ids", "gt_dir"}
-)  # fmt: skip
-
 
 _NEEDS_OUTPUT = "the answers are private; give an output folder (-o DIR, out_dir=) for the answers file"
 
@@ -108,18 +101,25 @@ def load_samples(config: BenchmarkConfig, split: str, data_root: str | Path = ".
     for a split with private answers, its questions without targets."""
     data = dict(config.data)
     fmt = data.pop("format")
-    args = {k: str(Path(data_root) / v) if k in PATH_KEYS else v for k, v in data.items()}
     report = ConversionReport()
     kind = config.benchmark.kind
     if _answers_only(config.data):
-        return ANSWER_FORMATS[fmt].load(**args), report
+        load = ANSWER_FORMATS[fmt].load
+        return load(**_under_root(load, data, data_root)), report
     if kind.load is not None:
-        return kind.load(**args), report
-    convert = get_converter(fmt).convert
-    if "splits" in inspect.signature(convert).parameters:
+        return kind.load(**_under_root(kind.load, data, data_root)), report
+    converter = get_converter(fmt)
+    args = _under_root(converter.convert, data, data_root)
+    if converter.splits:
         args["splits"] = [split]
-    records = convert(**args, report=report)
+    records = converter.convert(**args, report=report)
     return [sample for record in records for sample in kind.samples(record)], report
+
+
+def _under_root(reader: Callable[..., Any], data: dict[str, Any], data_root: str | Path) -> dict[str, Any]:
+    """`data`'s file and folder names (the reader's path parameters) joined to the data root."""
+    paths = path_parameters(reader)
+    return {k: str(Path(data_root) / v) if k in paths and isinstance(v, str) else v for k, v in data.items()}
 
 
 def load_model(

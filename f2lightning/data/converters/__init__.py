@@ -7,6 +7,7 @@ from f2lightning.data.converters.base import (
     ConversionReport,
     Converter,
     get_converter,
+    path_parameters,
 )
 
-__all__ = ["CONVERTERS", "ConversionError", "ConversionReport", "Converter", "get_converter"]
+__all__ = ["CONVERTERS", "ConversionError", "ConversionReport", "Converter", "get_converter", "path_parameters"]

@@ -9,10 +9,11 @@ import inspect
 import json
 import math
 import os
+import typing
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from PIL import Image
 
@@ -68,12 +69,15 @@ class ConversionReport:
 @dataclass(frozen=True)
 class Converter:
     """A public format. ``convert`` is the Python API: its keyword names match the ``dest`` of
-    the arguments ``add_arguments`` puts on the command line, plus ``report``."""
+    the arguments ``add_arguments`` puts on the command line, plus ``report``. Its parameters
+    annotated as ``os.PathLike`` are its files and folders (:func:`path_parameters`). ``splits``:
+    ``convert(..., splits=[...])`` keeps only those splits of a file that holds several."""
 
     name: str
     help: str
     convert: Callable[..., list[Record]]
     add_arguments: Callable[[argparse.ArgumentParser], None]
+    splits: bool = False
 
 
 CONVERTERS: dict[str, Converter] = {}
@@ -84,6 +88,17 @@ def register_converter(converter: Converter) -> Converter:
         raise ValueError(f"converter {converter.name!r} is already registered")
     CONVERTERS[converter.name] = converter
     return converter
+
+
+def path_parameters(reader: Callable[..., Any]) -> frozenset[str]:
+    """The parameters of a file reader (a converter, a benchmark's own loader) that name files or
+    folders: those whose annotation admits ``os.PathLike``. A benchmark config gives them relative
+    to its data root."""
+    return frozenset(name for name, hint in typing.get_type_hints(reader).items() if _admits_path(hint))
+
+
+def _admits_path(hint: Any) -> bool:
+    return any(h is os.PathLike or typing.get_origin(h) is os.PathLike for h in typing.get_args(hint) or (hint,))
 
 
 def get_converter(name: str) -> Converter:
@@ -185,19 +200,25 @@ def is_finite_numbers(value: Any, length: int | None = None) -> bool:
 
 
 class JsonFile:
-    """A JSON annotation file whose top level is an object, with the field checks converters use
-    on it: each failed check is a :class:`ConversionError` naming the file and the entry
-    (``images[3].width must be a positive integer, got "64"``), never a bare KeyError or TypeError.
+    """A JSON annotation file whose top level is an object (or, with ``top_level="list"``, a list of
+    objects), with the field checks converters use on it: each failed check is a
+    :class:`ConversionError` naming the file and the entry (``images[3].width must be a positive
+    integer, got "64"``), never a bare KeyError or TypeError.
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, top_level: Literal["object", "list"] = "object"):
         self.path = os.fspath(path)
         try:
             with open(self.path, encoding="utf-8") as f:
                 data = json.load(f)
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
             raise ConversionError(self.path, f"cannot be read as JSON ({error})") from None
-        self.data = self.object(data, "the top level")
+        if top_level == "object":
+            self.data: dict | list[dict] = self.object(data, "the top level")
+        elif isinstance(data, list):
+            self.data = [self.object(entry, f"[{i}]") for i, entry in enumerate(data)]
+        else:
+            raise self.error(f"the top level must be a list, got a {json_type(data)}")
 
     def error(self, message: str) -> ConversionError:
         return ConversionError(self.path, message)

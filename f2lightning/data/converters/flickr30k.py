@@ -92,7 +92,7 @@ def convert_flickr30k_entities(
     annotations_dir: str | os.PathLike,
     image_dir: str | os.PathLike,
     *,
-    ids: list[str] | str | None = None,
+    ids: list[str] | str | os.PathLike | None = None,
     report: ConversionReport,
 ) -> list[Record]:
     """One record per image with a brief-text grounding per sentence. ``ids`` is a list of image

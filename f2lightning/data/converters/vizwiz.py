@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
 from f2lightning.data.converters.base import (
@@ -13,28 +12,11 @@ from f2lightning.data.converters.base import (
     JsonFile,
     checked_records,
     image_path,
-    json_type,
     read_image_size,
-    read_text,
     register_converter,
 )
 from f2lightning.data.converters.vqa import answer_texts, question_text
 from f2lightning.data.schema import Record, VqaPair
-
-
-class VizWizFile(JsonFile):
-    """VizWiz's file is a JSON *list* of question entries, where :class:`JsonFile` reads objects; the entries
-    are checked with JsonFile's checks, and ``self.data`` holds them."""
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = os.fspath(path)
-        try:
-            data = json.loads(read_text(path))
-        except (json.JSONDecodeError, RecursionError) as error:
-            raise self.error(f"cannot be read as JSON ({error})") from None
-        if not isinstance(data, list):
-            raise self.error(f"the top level must be a list of questions, got a {json_type(data)}")
-        self.data = [self.object(entry, f"[{i}]") for i, entry in enumerate(data)]
 
 
 @checked_records
@@ -46,7 +28,7 @@ def convert_vizwiz(
     unreadable images are dropped (``missing_image``, per question). An entry that is not an object or has no
     ``image`` name is a :class:`ConversionError` naming the file; a question whose text or answers cannot be
     used is dropped and counted (the test split has no answers)."""
-    data = VizWizFile(annotations)
+    data = JsonFile(annotations, top_level="list")  # a list of question entries
     records: dict[str, Record] = {}
     for i, entry in enumerate(data.data):
         name = data.string(entry, "image", f"[{i}]")
