@@ -12,9 +12,9 @@ except ImportError as error:
     ) from error
 
 from downstream.backbone import Florence2DaViT
-from downstream.export import export_backbone
 from downstream.layer_decay import DaViTLayerDecayOptimizerConstructor
 from downstream.registry import register_modules
+from f2lightning.model.checkpoints import export_backbone
 
 REGISTERED_SCOPES = register_modules()
 

@@ -15,25 +15,18 @@ from mmengine.model import BaseModule
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from downstream.weights import load_backbone_weights
-from f2lightning.model.config import VisionConfig
+from f2lightning.model.checkpoints import load_backbone_weights
+from f2lightning.model.config import PRESETS, VisionConfig
 from f2lightning.model.vision import create_vision_tower, stage_modules
-
-# Table 15 of the paper; the same sizes as timm's `davit_base_fl` / `davit_huge_fl`.
-ARCHS: dict[str, dict[str, tuple[int, ...]]] = {
-    "base": dict(embed_dims=(128, 256, 512, 1024), depths=(1, 1, 9, 1), num_heads=(4, 8, 16, 32)),
-    "large": dict(embed_dims=(256, 512, 1024, 2048), depths=(1, 1, 9, 1), num_heads=(8, 16, 32, 64)),
-}
 
 
 def vision_config(arch: str | dict[str, Any]) -> VisionConfig:
-    """`'base'`, `'large'`, or a dict of `VisionConfig` fields (embed_dims, depths, num_heads, window_size, ...)."""
+    """A model preset's image encoder (`'base'`, `'large'`: Table 15 of the paper, timm's `davit_base_fl` /
+    `davit_huge_fl`; `'tiny'` for tests), or a dict of `VisionConfig` fields (embed_dims, depths, num_heads, ...)."""
     if isinstance(arch, str):
-        if arch not in ARCHS:
-            raise KeyError(
-                f"unknown Florence2DaViT arch {arch!r}; choose one of {sorted(ARCHS)} or pass a dict"
-            )
-        arch = ARCHS[arch]
+        if arch not in PRESETS:
+            raise KeyError(f"unknown Florence2DaViT arch {arch!r}; choose one of {sorted(PRESETS)} or pass a dict")
+        return PRESETS[arch]().vision
     fields = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(arch).items()}
     return VisionConfig(**fields)
 

@@ -12,13 +12,9 @@ import sys
 
 from f2lightning.allocator import keep_freed_cpu_memory
 
-# Areas that add subcommands; an import error in one of them is a bug and surfaces.
-COMMAND_MODULES = ["f2lightning.data.commands", "f2lightning.evaluation.commands"]
-# Areas that need the OpenMMLab stack (the `downstream` package registers its modules in MMDetection /
-# MMSegmentation on import), with the commands they add: without the stack these commands are still listed,
-# and say what to install instead of vanishing.
-OPENMMLAB_COMMAND_MODULES = {"downstream.commands": ["export-backbone"]}
-OPENMMLAB_INSTALL = "bash scripts/install_mmcv.sh (or pip install -e .[downstream] with an mmcv built with ops)"
+# Areas that add subcommands; an import error in one of them is a bug and surfaces. None needs the OpenMMLab
+# stack: `export-backbone` writes a plain file that MMDetection / MMSegmentation read.
+COMMAND_MODULES = ["f2lightning.data.commands", "f2lightning.evaluation.commands", "f2lightning.model.commands"]
 LIGHTNING_SUBCOMMANDS = {"fit", "validate", "test", "predict"}
 
 
@@ -42,31 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     tokenizer.set_defaults(func=train_tokenizer_command)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register_cli(subparsers)
-    for name, commands in OPENMMLAB_COMMAND_MODULES.items():
-        try:
-            module = importlib.import_module(name)
-        except ImportError as error:
-            for command in commands:
-                _add_unavailable(subparsers, command, error)
-            continue
-        module.register_cli(subparsers)
     for name in sorted(LIGHTNING_SUBCOMMANDS):
         subparsers.add_parser(name, help=f"LightningCLI `{name}` (same as `python train.py {name} ...`)", add_help=False)
     return parser
-
-
-def _add_unavailable(subparsers: argparse._SubParsersAction, command: str, error: ImportError) -> None:
-    """`command` listed with what it needs; running it (or its --help) prints that, running exits with 2."""
-    needs = f"needs the OpenMMLab stack: install it with {OPENMMLAB_INSTALL}"
-    message = f"{needs}; it does not import here ({error})"
-    parser = subparsers.add_parser(command, help=f"unavailable here, {needs}", description=f"{command} {message}")
-    parser.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-    parser.set_defaults(func=lambda args: _unavailable(command, message))
-
-
-def _unavailable(command: str, message: str) -> int:
-    print(f"f2lightning {command}: error: {message}", file=sys.stderr)
-    return 2
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,11 +19,15 @@ from transformers import Florence2Config as HFConfig
 from transformers import Florence2ForConditionalGeneration
 
 from downstream import Florence2DaViT
-from downstream.commands import register_cli
-from downstream.export import export_backbone
 from downstream.layer_decay import layer_id
 from f2lightning.model import Florence2
-from f2lightning.model.checkpoints import CheckpointError, load_state_dict, vision_tower_state_dict
+from f2lightning.model.checkpoints import (
+    CheckpointError,
+    export_backbone,
+    load_state_dict,
+    vision_tower_state_dict,
+)
+from f2lightning.model.commands import register_cli
 from f2lightning.model.config import VisionConfig
 from f2lightning.model.vision import create_vision_tower
 from tests.helpers.weights import randomize_

@@ -253,3 +253,45 @@ def test_processor_batches_and_parses(tokenizer):
     parsed = processor.post_process(ids, ["<OD>"], [(100, 50)])[0]
     assert parsed["labels"] == ["circle"]
     assert parsed["bboxes"][0] == pytest.approx([10.05, 10.025, 50.05, 33.325])
+
+
+def test_language_init_copies_bart_and_keeps_the_rows_bart_lacks(tmp_path):
+    from transformers import BartConfig, BartForConditionalGeneration
+
+    from f2lightning.model.checkpoints import CheckpointError, init_language_model
+
+    model = Florence2(Florence2Config.preset("tiny"))
+    ours = model.language_model.config
+    bart = BartForConditionalGeneration(BartConfig(**{**ours.to_dict(), "vocab_size": ours.vocab_size - 64}))
+    bart.save_pretrained(tmp_path / "bart")
+    extra_rows = model.language_model.model.shared.weight[-64:].detach().clone()
+    init_language_model(model, tmp_path / "bart")
+    state, source = model.language_model.state_dict(), bart.state_dict()
+    for name, tensor in source.items():
+        if name == "final_logits_bias":
+            assert torch.equal(state[name][:, : tensor.shape[1]], tensor)
+        else:
+            assert torch.equal(state[name][: len(tensor)], tensor), name
+    assert torch.equal(model.language_model.model.shared.weight[-64:], extra_rows)
+    assert model.language_model.lm_head.weight.data_ptr() == model.language_model.model.shared.weight.data_ptr()
+    # A BART with one decoder layer fewer does not fit: named, not loaded half-way.
+    fewer = BartForConditionalGeneration(BartConfig(**{**ours.to_dict(), "decoder_layers": ours.decoder_layers - 1}))
+    fewer.save_pretrained(tmp_path / "fewer")
+    with pytest.raises(CheckpointError, match=r"missing model\.decoder\.layers\.\d+\."):
+        init_language_model(model, tmp_path / "fewer")
+
+
+def test_vision_init_loads_an_exported_backbone_strictly(tmp_path):
+    from f2lightning.model.checkpoints import CheckpointError, export_backbone, init_vision_tower
+
+    source = Florence2(Florence2Config.preset("tiny", image_token_id=5))
+    source.save_pretrained(tmp_path / "src")
+    summary = export_backbone(tmp_path / "src", tmp_path / "davit.pth")
+    assert summary["arch"] == "tiny"
+    model = Florence2(Florence2Config.preset("tiny"))
+    init_vision_tower(model, tmp_path / "davit.pth")
+    assert all(torch.equal(a, b) for a, b in zip(model.vision_tower.state_dict().values(),
+                                                 source.vision_tower.state_dict().values(), strict=True))
+    wider = Florence2(Florence2Config.preset("tiny", vision={"embed_dims": (32, 64, 96, 256), "num_heads": (1, 2, 3, 4)}))
+    with pytest.raises(CheckpointError, match="tensor shapes differ"):
+        init_vision_tower(wider, tmp_path / "davit.pth")

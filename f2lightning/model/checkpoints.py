@@ -368,3 +368,126 @@ def save_florence2(
     if tokenizer is not None:
         tokenizer.save_pretrained(path)
     return path
+
+
+# ----------------------------------------------------------------------------------------------- the DaViT alone
+def backbone_state_dict(path: str | Path, prefix: str | None = None) -> tuple[StateDict, str]:
+    """`(timm DaViT state dict, source format)` of any supported checkpoint file or directory; `prefix` takes the
+    backbone out of a full MMDetection / MMSegmentation checkpoint (`'backbone.'`)."""
+    state = load_state_dict(path)
+    if prefix:
+        state = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+        if not state:
+            raise CheckpointError(f"{path}: no keys start with prefix {prefix!r}")
+    source_format = detect_format(state)
+    # A classifier head (ImageNet DaViT, or the remote-code tower's head) has no place in a backbone.
+    backbone = {k: v for k, v in vision_tower_state_dict(state).items() if not k.startswith("head.")}
+    return backbone, source_format
+
+
+def load_backbone_weights(module: nn.Module, path: str | Path, prefix: str | None = None) -> str:
+    """Load a checkpoint's DaViT into `module` (timm key names: our image encoder, MMDet's `Florence2DaViT`),
+    raising on any missing, unexpected or differently shaped tensor; returns the source format."""
+    state, source_format = backbone_state_dict(path, prefix)
+    try:
+        missing, unexpected = module.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # shape mismatches: torch lists them, we add which file and what to check
+        raise CheckpointError(
+            f"{path} ({source_format} format): tensor shapes differ, is the arch right?\n{error}"
+        ) from error
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path} ({source_format} format) does not fit {type(module).__name__}; is the arch right?\n"
+            f"  missing keys ({len(missing)}): {_preview(missing)}\n"
+            f"  unexpected keys ({len(unexpected)}): {_preview(unexpected)}"
+        )
+    return source_format
+
+
+def _preview(keys: list[str], limit: int = 20) -> str:
+    return ", ".join(keys[:limit]) + (" ..." if len(keys) > limit else "") if keys else "none"
+
+
+def infer_arch(state: StateDict) -> dict[str, Any]:
+    """Widths and depths read off DaViT weights, and the preset whose image encoder they match (or None)."""
+    from f2lightning.model.config import PRESETS
+
+    num_stages = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"stages\.(\d+)\.", k)))
+    embed_dims = [state["stem.conv.weight"].shape[0]]
+    embed_dims += [state[f"stages.{i}.downsample.conv.weight"].shape[0] for i in range(1, num_stages)]
+    depths = [
+        1 + max(int(m.group(1)) for k in state if (m := re.match(rf"stages\.{i}\.blocks\.(\d+)\.", k)))
+        for i in range(num_stages)
+    ]
+    visions = {name: preset().vision for name, preset in PRESETS.items()}
+    name = next((n for n, v in visions.items() if [*v.embed_dims] == embed_dims and [*v.depths] == depths), None)
+    return {"arch": name, "embed_dims": embed_dims, "depths": depths}
+
+
+def export_backbone(src: str | Path, out: str | Path, prefix: str | None = None) -> dict[str, Any]:
+    """Write `src`'s DaViT as `{'state_dict': {timm keys}, 'meta': {...}}`, what MMDetection / MMSegmentation read
+    from `init_cfg=dict(type='Pretrained', checkpoint=out)`; returns (and prints) a summary."""
+    state, source_format = backbone_state_dict(src, prefix=prefix)
+    state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    meta = {
+        "source": str(src),
+        "source_format": source_format,
+        **infer_arch(state),
+        "num_tensors": len(state),
+        "num_parameters": sum(v.numel() for v in state.values()),
+    }
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": state, "meta": meta}, out)
+    print(
+        f"exported {meta['num_tensors']} tensors ({meta['num_parameters'] / 1e6:.1f}M parameters) "
+        f"of a DaViT {meta['arch'] or 'custom'} (embed_dims={meta['embed_dims']}, depths={meta['depths']}) "
+        f"from {src} [{source_format} format] to {out}"
+    )
+    return {**meta, "out": str(out)}
+
+
+# ----------------------------------------------------------------------------------------------- initialisation
+def init_vision_tower(model: nn.Module, path: str | Path) -> None:
+    """Copy DaViT weights from any supported checkpoint into `model.vision_tower` (strict, clear errors)."""
+    load_backbone_weights(model.vision_tower, path)
+
+
+def init_language_model(model: nn.Module, path: str | Path) -> None:
+    """Start `model.language_model` from a BART checkpoint (a transformers directory); rows of tokens BART lacks
+    (location tokens, ...) keep their random init. Every other tensor must match in name and shape."""
+    from transformers import BartForConditionalGeneration
+
+    ours = model.language_model
+    bart = BartForConditionalGeneration.from_pretrained(path)
+    mine, theirs = ours.state_dict(), bart.state_dict()
+    state, problems = {}, []
+    for name, tensor in mine.items():
+        source = theirs.get(name)
+        if source is None:
+            problems.append(f"missing {name}")
+        elif source.shape == tensor.shape:
+            state[name] = source
+        elif (axis := _vocabulary_axis(source, tensor)) is not None:  # embeddings, LM bias: keep BART's rows
+            rows = min(source.shape[axis], tensor.shape[axis])
+            merged = tensor.clone()
+            merged.narrow(axis, 0, rows).copy_(source.narrow(axis, 0, rows))
+            state[name] = merged
+        else:
+            problems.append(f"{name}: BART {tuple(source.shape)}, ours {tuple(tensor.shape)}")
+    problems += [f"unexpected {name}" for name in theirs if name not in mine]
+    if problems:
+        raise CheckpointError(
+            f"{path}: BART weights do not fit the language model (d_model, layer counts, ffn sizes must match)\n  "
+            + "\n  ".join(problems[:20])
+        )
+    ours.load_state_dict(state, strict=True)
+    ours.tie_weights()
+
+
+def _vocabulary_axis(source: torch.Tensor, tensor: torch.Tensor) -> int | None:
+    """The one axis two tensors' shapes differ in (the vocabulary's, for embeddings and `final_logits_bias`)."""
+    if source.ndim != tensor.ndim:
+        return None
+    axes = [i for i, (a, b) in enumerate(zip(source.shape, tensor.shape, strict=True)) if a != b]
+    return axes[0] if len(axes) == 1 else None

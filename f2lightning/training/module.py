@@ -21,6 +21,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from transformers.models.bart.modeling_bart import shift_tokens_right
 
 from f2lightning.model import Florence2, Florence2Config
+from f2lightning.model.checkpoints import init_language_model, init_vision_tower
 from f2lightning.processor import Florence2Processor
 from f2lightning.tasks import get_task
 from f2lightning.training.optim import build_optimizer, hold, warmup_cosine
@@ -31,37 +32,6 @@ log = logging.getLogger(__name__)
 
 class NonFiniteLossError(RuntimeError):
     """Too many consecutive steps with a NaN / Inf loss or gradient."""
-
-
-def init_vision_tower(model: Florence2, path: str) -> None:
-    """Copy DaViT weights from any supported checkpoint into the image encoder (strict, clear errors)."""
-    from f2lightning.model.checkpoints import CheckpointError, load_state_dict, vision_tower_state_dict
-
-    missing, unexpected = model.vision_tower.load_state_dict(vision_tower_state_dict(load_state_dict(path)), strict=False)
-    if missing or unexpected:
-        raise CheckpointError(f"{path}: DaViT weights do not fit the vision config.\n  missing: {missing[:10]}\n  unexpected: {unexpected[:10]}")
-
-
-def init_language_model(model: Florence2, path: str) -> None:
-    """Start the encoder-decoder from a BART checkpoint; rows of tokens BART lacks keep their random init."""
-    from transformers import BartForConditionalGeneration
-
-    bart = BartForConditionalGeneration.from_pretrained(path)
-    ours = model.language_model
-    if bart.config.d_model != ours.config.d_model or bart.config.encoder_layers != ours.config.encoder_layers:
-        raise ValueError(f"{path}: BART d_model / layers ({bart.config.d_model}, {bart.config.encoder_layers}) do not "
-                         f"match the model's ({ours.config.d_model}, {ours.config.encoder_layers})")
-    state = bart.state_dict()
-    for name, tensor in ours.state_dict().items():
-        source = state.get(name)
-        if source is not None and source.shape != tensor.shape and source.ndim >= 1 and source.shape[1:] == tensor.shape[1:]:
-            # Vocabulary-sized tensors: keep BART's rows, our extra rows (location tokens ...) stay random.
-            rows = min(len(source), len(tensor))
-            merged = tensor.clone()
-            merged[:rows] = source[:rows]
-            state[name] = merged
-    ours.load_state_dict({k: v for k, v in state.items() if k in ours.state_dict()}, strict=False)
-    ours.tie_weights()
 
 
 class Florence2LitModule(L.LightningModule):

@@ -1,10 +1,14 @@
-"""`f2lightning export-backbone SRC -o OUT.pth` (wired into the f2lightning command line by its cli.py)."""
+"""`f2lightning export-backbone SRC -o OUT.pth`: the DaViT of any checkpoint as a plain backbone file.
+
+Needs no OpenMMLab package: the file is a `{'state_dict', 'meta'}` dict that MMDetection / MMSegmentation read
+through `init_cfg=dict(type='Pretrained', checkpoint=OUT)` (docs/downstream.md).
+"""
 
 from __future__ import annotations
 
 import argparse
 
-from downstream.export import export_backbone
+from f2lightning.model.checkpoints import export_backbone
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
