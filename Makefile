@@ -18,5 +18,7 @@ test: setup
 test-all: setup
 	$(PY) -m pytest -q -m "slow or not slow"
 
+# Style rules and formatting, checked (CI runs this before the tests; `ruff format .` fixes the second).
 lint: setup
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
