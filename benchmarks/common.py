@@ -49,7 +49,9 @@ def build_ours(
     config = config.replace(
         text={"vocab_size": -(-vocab // 64) * 64}, image_token_id=tokenizer.convert_tokens_to_ids("<image>")
     )
-    module = Florence2LitModule(preset=preset, activation_checkpointing=activation_checkpointing, compile=compile)
+    module = Florence2LitModule(
+        preset=preset, activation_checkpointing=activation_checkpointing, compile=compile
+    )
     module._build(tokenizer, config)
     return module
 
@@ -58,7 +60,9 @@ def reference_from(ours: Florence2, device: torch.device) -> Florence2ForConditi
     """transformers' Florence-2 with bit-identical weights: ours → `save_pretrained` → `from_pretrained`."""
     with tempfile.TemporaryDirectory() as tmp:
         ours.save_pretrained(tmp)
-        reference = Florence2ForConditionalGeneration.from_pretrained(tmp, attn_implementation="sdpa", dtype=torch.float32)
+        reference = Florence2ForConditionalGeneration.from_pretrained(
+            tmp, attn_implementation="sdpa", dtype=torch.float32
+        )
     return reference.to(device)
 
 
@@ -206,8 +210,13 @@ def environment(device: torch.device, bf16: bool) -> dict[str, Any]:
 
     Both contestants share the process, so both get the same allocator: the ratios compare the models' work.
     """
-    env = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(), "bf16": bf16,
-           "freed_cpu_memory_kept": keep_freed_cpu_memory()}
+    env = {
+        "device": str(device),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "bf16": bf16,
+        "freed_cpu_memory_kept": keep_freed_cpu_memory(),
+    }
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
     return env

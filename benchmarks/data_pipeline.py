@@ -22,7 +22,9 @@ from f2lightning.images import load_image
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--preset", default="tiny", choices=["tiny", "base", "large"])
     parser.add_argument("--image-size", type=int, default=384)
     parser.add_argument("--batch-size", type=int, default=4)
@@ -75,13 +77,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rows.append(["train step consumes", train_rate, 1e3 * train_seconds / samples])
     print_table(
         f"data pipeline, one worker ({args.preset}, {args.image_size}px, batch {args.batch_size})",
-        ["stage", "samples/s", "ms/sample"], rows,
+        ["stage", "samples/s", "ms/sample"],
+        rows,
     )
     print(f"one worker feeds {worker_rate / train_rate:.1f}x what one train step consumes")
     result = {
-        "benchmark": "data_pipeline", "preset": args.preset, "image_size": args.image_size,
-        "batch_size": args.batch_size, **env,
-        "worker_samples_per_s": worker_rate, "train_samples_per_s": train_rate,
+        "benchmark": "data_pipeline",
+        "preset": args.preset,
+        "image_size": args.image_size,
+        "batch_size": args.batch_size,
+        **env,
+        "worker_samples_per_s": worker_rate,
+        "train_samples_per_s": train_rate,
         "worker_over_train": worker_rate / train_rate,
         "stage_ms_per_sample": {name: 1e3 * seconds / samples for name, seconds in stages.items()},
     }

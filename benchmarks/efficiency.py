@@ -31,7 +31,9 @@ from benchmarks.train_step import identical_batches, make_ours_step, to_device
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--preset", default="base", choices=["tiny", "base", "large"])
     parser.add_argument("--image-size", type=int, default=384)
     parser.add_argument("--batch-size", type=int, default=2)
@@ -44,7 +46,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--activation-checkpointing", action="store_true")
     parser.add_argument("--channels-last", action="store_true")
-    parser.add_argument("--peak-tflops", type=float, default=None, help="spec dense peak for the dtype, if known")
+    parser.add_argument(
+        "--peak-tflops", type=float, default=None, help="spec dense peak for the dtype, if known"
+    )
     return parser.parse_args(argv)
 
 
@@ -61,9 +65,14 @@ def train_step_flops(module, batch: dict[str, Any], device: torch.device, bf16: 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
     env = environment(device, args.bf16)  # first: it sets the process up as our entry points do
-    module = build_ours(args.preset, args.image_size, synthetic_tokenizer(), None, args.activation_checkpointing)
+    module = build_ours(
+        args.preset, args.image_size, synthetic_tokenizer(), None, args.activation_checkpointing
+    )
     config = module.model.config
-    batches = [to_device(b, device) for b in identical_batches(args, config, config.text.vocab_size, args.steps + args.warmup)]
+    batches = [
+        to_device(b, device)
+        for b in identical_batches(args, config, config.text.vocab_size, args.steps + args.warmup)
+    ]
     module.model.to(device).train()
     flops = train_step_flops(module, batches[0], device, args.bf16)
     step = make_ours_step(module, device, args)
@@ -83,17 +92,29 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     matmul_rate = matmuls * 2 * size**3 / sides[1].median
     rows = [
         ["train step (ours)", flops / 1e9, achieved / 1e9, achieved / matmul_rate],
-        [f"{size}x{size} matmul ({str(dtype).removeprefix('torch.')})", matmuls * 2 * size**3 / 1e9, matmul_rate / 1e9, 1.0],
+        [
+            f"{size}x{size} matmul ({str(dtype).removeprefix('torch.')})",
+            matmuls * 2 * size**3 / 1e9,
+            matmul_rate / 1e9,
+            1.0,
+        ],
     ]
     print_table(
         f"efficiency ({args.preset}, {args.image_size}px, batch {args.batch_size}, "
         f"prompt {args.prompt_length} + target {args.target_length} tokens)",
-        ["work", "GFLOP", "GFLOP/s", "of matmul"], rows,
+        ["work", "GFLOP", "GFLOP/s", "of matmul"],
+        rows,
     )
     result = {
-        "benchmark": "efficiency", "preset": args.preset, "image_size": args.image_size, "batch_size": args.batch_size,
-        **env, "step_gflop": flops / 1e9, "achieved_gflops": achieved / 1e9,
-        "matmul_gflops": matmul_rate / 1e9, "fraction_of_matmul": achieved / matmul_rate,
+        "benchmark": "efficiency",
+        "preset": args.preset,
+        "image_size": args.image_size,
+        "batch_size": args.batch_size,
+        **env,
+        "step_gflop": flops / 1e9,
+        "achieved_gflops": achieved / 1e9,
+        "matmul_gflops": matmul_rate / 1e9,
+        "fraction_of_matmul": achieved / matmul_rate,
         "samples_per_s": args.batch_size / sides[0].median,
     }
     if args.peak_tflops:

@@ -57,11 +57,17 @@ from f2lightning.processor import share_images
 from f2lightning.tasks import get_task
 
 # transformers 5.2x renamed the decoder cache argument and output field (`past_key_values` -> `cache`).
-_CACHE = "cache" if "cache" in inspect.signature(BartForConditionalGeneration.forward).parameters else "past_key_values"
+_CACHE = (
+    "cache"
+    if "cache" in inspect.signature(BartForConditionalGeneration.forward).parameters
+    else "past_key_values"
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--preset", default="tiny", choices=["tiny", "base", "large"])
     parser.add_argument("--image-size", type=int, default=384)
     parser.add_argument("--batch-size", type=int, default=4)
@@ -74,8 +80,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--compile", action="store_true", help="ours only: torch.compile the image encoder")
-    parser.add_argument("--breakdown", action="store_true",
-                        help="also time our parts alone and the floor they put under any beam-search loop")
+    parser.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="also time our parts alone and the floor they put under any beam-search loop",
+    )
     return parser.parse_args(argv)
 
 
@@ -85,7 +94,9 @@ def questions(task: str, records: list[Record], count: int, per_image: int) -> l
     takes_input = get_task(task).takes_input
     pairs: list[tuple[str, str | None]] = []
     for record in records:
-        inputs = [a.text_input for a in task_annotations(record, [task])] if takes_input else [None] * per_image
+        inputs = (
+            [a.text_input for a in task_annotations(record, [task])] if takes_input else [None] * per_image
+        )
         if len(inputs) >= per_image:
             pairs += [(record.image, text) for text in inputs[:per_image]]
         if len(pairs) >= count:
@@ -93,8 +104,15 @@ def questions(task: str, records: list[Record], count: int, per_image: int) -> l
     raise ValueError(f"the synthetic records do not give {count} {task} questions, {per_image} per image")
 
 
-def bench_task(task: str, model, reference, processor, pairs: list[tuple[str, str | None]],
-               args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+def bench_task(
+    task: str,
+    model,
+    reference,
+    processor,
+    pairs: list[tuple[str, str | None]],
+    args: argparse.Namespace,
+    device: torch.device,
+) -> dict[str, Any]:
     config = model.config
     images = [load_image(path) for path, _ in pairs]
     batch = processor(images, [task] * len(images), text_inputs=[text for _, text in pairs])
@@ -120,30 +138,43 @@ def bench_task(task: str, model, reference, processor, pairs: list[tuple[str, st
         with torch.inference_mode(), autocast(device, args.bf16):
             for i in range(len(images)):
                 length = int(mask[i].sum())
-                single = reference_inputs(input_ids[i : i + 1, :length], mask[i : i + 1, :length],
-                                          config.num_image_tokens, config.image_token_id)
+                single = reference_inputs(
+                    input_ids[i : i + 1, :length],
+                    mask[i : i + 1, :length],
+                    config.num_image_tokens,
+                    config.image_token_id,
+                )
                 reference.generate(**single, pixel_values=copies[i : i + 1], **kwargs)
 
-    sides = [Side("ours, batched", ours), Side("reference, batched", reference_batched),
-             Side("reference, one by one", reference_one_by_one)]
+    sides = [
+        Side("ours, batched", ours),
+        Side("reference, batched", reference_batched),
+        Side("reference, one by one", reference_one_by_one),
+    ]
     interleave(sides, list(range(args.repeats + 1)), device, warmup=1)
     same = torch.equal(outputs["ours"], outputs["reference"])
-    rows = [[s.name, len(images) / s.median, s.median / sides[0].median]
-            for s in sides]
+    rows = [[s.name, len(images) / s.median, s.median / sides[0].median] for s in sides]
     print_table(
         f"{task} beam-{args.num_beams} generation ({args.preset}, {args.image_size}px, batch {len(images)}, "
         f"{len(images) / len(firsts):.1f} questions per image, "
         f"{kwargs['max_new_tokens']} new tokens, same output: {same})",
-        ["side", "images/s" if args.questions_per_image == 1 else "questions/s", "ours is faster by"], rows,
+        ["side", "images/s" if args.questions_per_image == 1 else "questions/s", "ours is faster by"],
+        rows,
     )
     breakdown = {}
     if args.breakdown:
         seconds = time_parts(model, pixels, input_ids, mask, image_index, kwargs, args, device)
         floor = sum(seconds.values())
-        breakdown = {"breakdown_s": {**seconds, "floor": floor}, "reference_over_floor": sides[1].median / floor}
-        print_table("where our time goes (medians; floor = the sum of the model's own passes)", ["part", "s"],
-                    [[name, value] for name, value in breakdown["breakdown_s"].items()]
-                    + [["reference batched / floor", breakdown["reference_over_floor"]]])
+        breakdown = {
+            "breakdown_s": {**seconds, "floor": floor},
+            "reference_over_floor": sides[1].median / floor,
+        }
+        print_table(
+            "where our time goes (medians; floor = the sum of the model's own passes)",
+            ["part", "s"],
+            [[name, value] for name, value in breakdown["breakdown_s"].items()]
+            + [["reference batched / floor", breakdown["reference_over_floor"]]],
+        )
     return {
         **breakdown,
         "ours_images_per_s": len(images) / sides[0].median,
@@ -155,8 +186,16 @@ def bench_task(task: str, model, reference, processor, pairs: list[tuple[str, st
     }
 
 
-def time_parts(model, pixels, input_ids, mask, image_index, kwargs: dict[str, Any], args: argparse.Namespace,
-               device: torch.device) -> dict[str, float]:
+def time_parts(
+    model,
+    pixels,
+    input_ids,
+    mask,
+    image_index,
+    kwargs: dict[str, Any],
+    args: argparse.Namespace,
+    device: torch.device,
+) -> dict[str, float]:
     """Median seconds of our image encoder, BART encoder and bare decoder passes (`--breakdown`)."""
     language = model.language_model
     beams, steps = kwargs["num_beams"], kwargs["max_new_tokens"]
@@ -171,16 +210,25 @@ def time_parts(model, pixels, input_ids, mask, image_index, kwargs: dict[str, An
     rows_mask = embeds_mask.repeat_interleave(beams, 0)
 
     def decode() -> None:
-        tokens, cache = torch.full((len(rows_mask), 1), language.config.decoder_start_token_id, device=device), None
+        tokens, cache = (
+            torch.full((len(rows_mask), 1), language.config.decoder_start_token_id, device=device),
+            None,
+        )
         for _ in range(steps):
-            output = language(encoder_outputs=encoded, attention_mask=rows_mask, decoder_input_ids=tokens,
-                              use_cache=True, **{_CACHE: cache})
+            output = language(
+                encoder_outputs=encoded,
+                attention_mask=rows_mask,
+                decoder_input_ids=tokens,
+                use_cache=True,
+                **{_CACHE: cache},
+            )
             cache, tokens = getattr(output, _CACHE), output.logits[:, -1:].argmax(-1)
 
     def inference(run) -> Any:
         def unit(_: object) -> None:
             with torch.inference_mode(), autocast(device, args.bf16):
                 run()
+
         return unit
 
     parts = {
@@ -197,17 +245,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
     env = environment(device, args.bf16)  # first: it sets the process up as our entry points do
     datamodule = synthetic_datamodule(args.image_size, args.batch_size)
-    model = build_ours(args.preset, args.image_size, datamodule.tokenizer, args.vocab_size).model.to(device).eval()
+    model = (
+        build_ours(args.preset, args.image_size, datamodule.tokenizer, args.vocab_size)
+        .model.to(device)
+        .eval()
+    )
     reference = reference_from(model, device).eval()
     if args.compile:
         model.compile_image_encoder()
     processor = datamodule.processor
     records = [record for file in datamodule.train_files for record in read_records(file)]
     result: dict[str, Any] = {
-        "benchmark": "generation", "preset": args.preset, "image_size": args.image_size,
-        "batch_size": args.batch_size, "num_beams": args.num_beams, "max_new_tokens": args.max_new_tokens,
-        "compile": args.compile, "questions_per_image": args.questions_per_image,
-        **env, "tasks": {},
+        "benchmark": "generation",
+        "preset": args.preset,
+        "image_size": args.image_size,
+        "batch_size": args.batch_size,
+        "num_beams": args.num_beams,
+        "max_new_tokens": args.max_new_tokens,
+        "compile": args.compile,
+        "questions_per_image": args.questions_per_image,
+        **env,
+        "tasks": {},
     }
     for task in args.tasks:
         pairs = questions(task, records, args.batch_size, args.questions_per_image)

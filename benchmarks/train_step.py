@@ -42,23 +42,35 @@ Batch = dict[str, Any]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--preset", default="tiny", choices=["tiny", "base", "large"])
     parser.add_argument("--image-size", type=int, default=384)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--steps", type=int, default=6, help="timed steps per side and workload")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--workload", default="both", choices=["identical", "stream", "both"])
-    parser.add_argument("--prompt-length", type=int, default=24, help="identical workload: padded prompt tokens")
-    parser.add_argument("--target-length", type=int, default=48, help="identical workload: padded target tokens")
-    parser.add_argument("--bucket-batches", type=int, default=8, help="stream: length-bucketing window (0 = off)")
-    parser.add_argument("--tasks-per-image", type=int, default=1, help="stream: same-image run length (1 = off)")
+    parser.add_argument(
+        "--prompt-length", type=int, default=24, help="identical workload: padded prompt tokens"
+    )
+    parser.add_argument(
+        "--target-length", type=int, default=48, help="identical workload: padded target tokens"
+    )
+    parser.add_argument(
+        "--bucket-batches", type=int, default=8, help="stream: length-bucketing window (0 = off)"
+    )
+    parser.add_argument(
+        "--tasks-per-image", type=int, default=1, help="stream: same-image run length (1 = off)"
+    )
     parser.add_argument("--synthetic-images", type=int, default=64)
     parser.add_argument("--vocab-size", type=int, default=None, help="default: the preset's")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast for both sides")
     parser.add_argument("--activation-checkpointing", action="store_true", help="ours only")
-    parser.add_argument("--channels-last", action="store_true", help="ours only: vision tower in channels_last")
+    parser.add_argument(
+        "--channels-last", action="store_true", help="ours only: vision tower in channels_last"
+    )
     parser.add_argument("--compile", action="store_true", help="ours only: Florence2LitModule(compile=True)")
     parser.add_argument("--no-reference-dynamic", action="store_true", help="stream: skip the third column")
     return parser.parse_args(argv)
@@ -107,7 +119,9 @@ def with_reference_inputs(batch: Batch, config) -> Batch:
     if "image_index" in batch:
         pixels = pixels.index_select(0, batch["image_index"])
     batch["reference"] = {
-        **reference_inputs(batch["input_ids"], batch["attention_mask"], config.num_image_tokens, config.image_token_id),
+        **reference_inputs(
+            batch["input_ids"], batch["attention_mask"], config.num_image_tokens, config.image_token_id
+        ),
         "pixel_values": pixels,
     }
     return batch
@@ -115,7 +129,13 @@ def with_reference_inputs(batch: Batch, config) -> Batch:
 
 def to_device(batch: Batch, device: torch.device) -> Batch:
     return {
-        k: (to_device(v, device) if isinstance(v, dict) else v.to(device) if isinstance(v, torch.Tensor) else v)
+        k: (
+            to_device(v, device)
+            if isinstance(v, dict)
+            else v.to(device)
+            if isinstance(v, torch.Tensor)
+            else v
+        )
         for k, v in batch.items()
     }
 
@@ -133,13 +153,19 @@ def identical_batches(args: argparse.Namespace, config, vocab: int, count: int) 
         labels = torch.randint(5, vocab, (size, args.target_length), generator=generator)
         labels[size // 2 :, args.target_length // 2 :] = -100
         pixels = torch.randn(size, 3, config.image_size, config.image_size, generator=generator)
-        batch = {"pixel_values": pixels, "input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        batch = {
+            "pixel_values": pixels,
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "labels": labels,
+        }
         batches.append(with_reference_inputs(batch, config))
     return batches
 
 
 def pad_to(batch: Batch, prompt_length: int, target_length: int, pad_id: int) -> Batch:
     """Re-pad a dynamically padded batch to fixed lengths (labels with -100, so the loss is unchanged)."""
+
     def right_pad(tensor: torch.Tensor, length: int, value: int) -> torch.Tensor:
         return torch.nn.functional.pad(tensor, (0, length - tensor.shape[1]), value=value)
 
@@ -170,11 +196,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
     env = environment(device, args.bf16)  # first: it sets the process up as our entry points do
     datamodule = synthetic_datamodule(
-        args.image_size, args.batch_size, args.synthetic_images, bucket_batches=args.bucket_batches,
+        args.image_size,
+        args.batch_size,
+        args.synthetic_images,
+        bucket_batches=args.bucket_batches,
         tasks_per_image=args.tasks_per_image,
     )
     module = build_ours(
-        args.preset, args.image_size, datamodule.tokenizer, args.vocab_size, args.activation_checkpointing,
+        args.preset,
+        args.image_size,
+        datamodule.tokenizer,
+        args.vocab_size,
+        args.activation_checkpointing,
         compile=args.compile,
     )
     config = module.model.config
@@ -183,27 +216,34 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     reference_step = make_reference_step(reference, device, args)
     count = args.warmup + args.steps
     result: dict[str, Any] = {
-        "benchmark": "train_step", "preset": args.preset, "image_size": args.image_size,
-        "batch_size": args.batch_size, "vocab_size": config.text.vocab_size,
-        "activation_checkpointing": args.activation_checkpointing, "channels_last": args.channels_last,
-        "compile": args.compile, "tasks_per_image": args.tasks_per_image, **env,
+        "benchmark": "train_step",
+        "preset": args.preset,
+        "image_size": args.image_size,
+        "batch_size": args.batch_size,
+        "vocab_size": config.text.vocab_size,
+        "activation_checkpointing": args.activation_checkpointing,
+        "channels_last": args.channels_last,
+        "compile": args.compile,
+        "tasks_per_image": args.tasks_per_image,
+        **env,
     }
 
     if args.workload in ("identical", "both"):
-        batches = [to_device(b, device) for b in identical_batches(args, config, config.text.vocab_size, count)]
+        batches = [
+            to_device(b, device) for b in identical_batches(args, config, config.text.vocab_size, count)
+        ]
         sides = [
             Side("ours", lambda b: ours_step(b)),
             Side("reference", lambda b: reference_step(b)),
         ]
         interleave(sides, batches, device, args.warmup, measure_memory=True)
         ours, ref = sides
-        rows = [
-            [s.name, args.batch_size / s.median, max(s.peak_mib)] for s in sides
-        ]
+        rows = [[s.name, args.batch_size / s.median, max(s.peak_mib)] for s in sides]
         print_table(
             f"train step, identical padded tensors ({args.preset}, {args.image_size}px, batch {args.batch_size}, "
             f"prompt {args.prompt_length} + target {args.target_length} tokens)",
-            ["side", "samples/s", "peak step MiB"], rows,
+            ["side", "samples/s", "peak step MiB"],
+            rows,
         )
         speedup = ref.median / ours.median
         memory_ratio = max(ours.peak_mib) / max(ref.peak_mib)
@@ -222,7 +262,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         pad_id = datamodule.tokenizer.pad_token_id
         dynamic = [to_device(with_reference_inputs(b, config), device) for b in raw]
         fixed = [
-            to_device(with_reference_inputs(pad_to(b, longest_prompt, longest_target, pad_id), config), device)
+            to_device(
+                with_reference_inputs(pad_to(b, longest_prompt, longest_target, pad_id), config), device
+            )
             for b in raw
         ]
         pairs = list(zip(dynamic, fixed, strict=True))
@@ -241,7 +283,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f"train step, mixed-task stream ({args.preset}, {args.image_size}px, batch {args.batch_size}, "
             f"bucket window {args.bucket_batches}, {samples / images:.2f} samples per image, "
             f"dataset max prompt {longest_prompt} / target {longest_target})",
-            ["side", "samples/s", "text positions"], rows,
+            ["side", "samples/s", "text positions"],
+            rows,
         )
         speedup = sides[1].total / sides[0].total
         print(f"speed ours/reference(padded to max) = {speedup:.3f}x", end="")

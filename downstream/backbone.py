@@ -25,7 +25,9 @@ def vision_config(arch: str | dict[str, Any]) -> VisionConfig:
     `davit_huge_fl`; `'tiny'` for tests), or a dict of `VisionConfig` fields (embed_dims, depths, num_heads, ...)."""
     if isinstance(arch, str):
         if arch not in PRESETS:
-            raise KeyError(f"unknown Florence2DaViT arch {arch!r}; choose one of {sorted(PRESETS)} or pass a dict")
+            raise KeyError(
+                f"unknown Florence2DaViT arch {arch!r}; choose one of {sorted(PRESETS)} or pass a dict"
+            )
         return PRESETS[arch]().vision
     fields = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(arch).items()}
     return VisionConfig(**fields)

@@ -47,7 +47,11 @@ def keep_freed_cpu_memory(limit_bytes: int = _INT_MAX) -> bool:
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     libc = ctypes.CDLL("libc.so.6")
-    applied = bool(libc.mallopt(_M_MMAP_THRESHOLD, limit_bytes)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, limit_bytes))
+    applied = bool(libc.mallopt(_M_MMAP_THRESHOLD, limit_bytes)) and bool(
+        libc.mallopt(_M_TRIM_THRESHOLD, limit_bytes)
+    )
     if not applied:
-        logger.warning("glibc refused the malloc thresholds; freed CPU memory is returned to the kernel as usual")
+        logger.warning(
+            "glibc refused the malloc thresholds; freed CPU memory is returned to the kernel as usual"
+        )
     return applied

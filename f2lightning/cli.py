@@ -14,7 +14,11 @@ from f2lightning.allocator import keep_freed_cpu_memory
 
 # Areas that add subcommands; an import error in one of them is a bug and surfaces. None needs the OpenMMLab
 # stack: `export-backbone` writes a plain file that MMDetection / MMSegmentation read.
-COMMAND_MODULES = ["f2lightning.data.commands", "f2lightning.evaluation.commands", "f2lightning.model.commands"]
+COMMAND_MODULES = [
+    "f2lightning.data.commands",
+    "f2lightning.evaluation.commands",
+    "f2lightning.model.commands",
+]
 LIGHTNING_SUBCOMMANDS = {"fit", "validate", "test", "predict"}
 
 
@@ -31,7 +35,9 @@ def train_tokenizer_command(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="f2lightning", description=__doc__)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    tokenizer = subparsers.add_parser("train-tokenizer", help="train a byte-level BPE on record files (offline)")
+    tokenizer = subparsers.add_parser(
+        "train-tokenizer", help="train a byte-level BPE on record files (offline)"
+    )
     tokenizer.add_argument("records", nargs="+", help="record JSONL files")
     tokenizer.add_argument("-o", "--output", required=True, help="tokenizer directory to write")
     tokenizer.add_argument("--vocab-size", type=int, default=2048)
@@ -39,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name in COMMAND_MODULES:
         importlib.import_module(name).register_cli(subparsers)
     for name in sorted(LIGHTNING_SUBCOMMANDS):
-        subparsers.add_parser(name, help=f"LightningCLI `{name}` (same as `python train.py {name} ...`)", add_help=False)
+        subparsers.add_parser(
+            name, help=f"LightningCLI `{name}` (same as `python train.py {name} ...`)", add_help=False
+        )
     return parser
 
 

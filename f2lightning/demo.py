@@ -20,7 +20,9 @@ from pathlib import Path
 from f2lightning.training.cli import main as lightning_cli
 from f2lightning.training.quality import image_blind_prior
 
-CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"  # package data: found in an installed wheel too
+CONFIG = (
+    Path(__file__).resolve().parent / "configs" / "demo.yaml"
+)  # package data: found in an installed wheel too
 
 
 def results_table(before: dict[str, float], after: dict[str, float], prior: dict[str, float]) -> str:
@@ -32,8 +34,12 @@ def results_table(before: dict[str, float], after: dict[str, float], prior: dict
         if not name.startswith("val/") or not metric:  # the loss and the skipped-image count are not per task
             continue
         blind = prior.get(name.removeprefix("val/"), float("nan"))
-        rows.append(f"| {task} | {metric} | {before.get(name, float('nan')):.3f} | {blind:.3f} | {after[name]:.3f} |")
-    rows.append(f"| all | loss | {before.get('val/loss', float('nan')):.3f} | | {after.get('val/loss', float('nan')):.3f} |")
+        rows.append(
+            f"| {task} | {metric} | {before.get(name, float('nan')):.3f} | {blind:.3f} | {after[name]:.3f} |"
+        )
+    rows.append(
+        f"| all | loss | {before.get('val/loss', float('nan')):.3f} | | {after.get('val/loss', float('nan')):.3f} |"
+    )
     return "\n".join(rows)
 
 
@@ -56,8 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     (out / "results.json").write_text(json.dumps(results, indent=2))
     model.export(out / "model")
     print(f"\n{table}\n")
-    print(f"done in {time.perf_counter() - start:.0f} s: {out / 'results.md'}, prediction pictures in "
-          f"{Path(trainer.log_dir) / 'predictions'}, transformers-format model in {out / 'model'}")
+    print(
+        f"done in {time.perf_counter() - start:.0f} s: {out / 'results.md'}, prediction pictures in "
+        f"{Path(trainer.log_dir) / 'predictions'}, transformers-format model in {out / 'model'}"
+    )
     return 0
 
 

@@ -77,7 +77,11 @@ class Florence2Processor:
     def tokenize_prompts(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Right-padded prompt ids (`<s> prompt </s>`) with their attention mask."""
         encoded = self.tokenizer(
-            list(prompts), padding=True, truncation=True, max_length=self.max_prompt_length, return_tensors="pt"
+            list(prompts),
+            padding=True,
+            truncation=True,
+            max_length=self.max_prompt_length,
+            return_tensors="pt",
         )
         return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
 
@@ -85,7 +89,11 @@ class Florence2Processor:
         """Target ids as labels: padding is -100, the `ignore_index` of BART's cross-entropy, so it never counts in
         the loss."""
         encoded = self.tokenizer(
-            list(targets), padding=True, truncation=True, max_length=self.max_target_length, return_tensors="pt"
+            list(targets),
+            padding=True,
+            truncation=True,
+            max_length=self.max_target_length,
+            return_tensors="pt",
         )
         return encoded["input_ids"].masked_fill(encoded["attention_mask"] == 0, -100)
 
@@ -114,19 +122,28 @@ class Florence2Processor:
     # ------------------------------------------------------------------ outputs
     def decode(self, generated_ids: torch.Tensor) -> list[str]:
         """Generated ids → text with location tokens kept (BOS / EOS / padding are stripped by the parsers)."""
-        return self.tokenizer.batch_decode(generated_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        return self.tokenizer.batch_decode(
+            generated_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False
+        )
 
     def post_process(
         self, generated_ids: torch.Tensor, tasks: Sequence[str], image_sizes: Sequence[tuple[int, int]]
     ) -> list[Any]:
         """Parsed results, one per sample, in original-image pixels (see `f2lightning.tasks.parse`)."""
         texts = self.decode(generated_ids)
-        return [get_task(task).parse(text, size) for text, task, size in zip(texts, tasks, image_sizes, strict=True)]
+        return [
+            get_task(task).parse(text, size)
+            for text, task, size in zip(texts, tasks, image_sizes, strict=True)
+        ]
 
     def generation_kwargs(self, task: str, num_beams: int = 3) -> dict[str, Any]:
         """Per-task generation settings: output length by task, no n-gram blocking on location outputs."""
         spec = get_task(task)
-        kwargs: dict[str, Any] = {"max_new_tokens": spec.max_new_tokens, "num_beams": num_beams, "do_sample": False}
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": spec.max_new_tokens,
+            "num_beams": num_beams,
+            "do_sample": False,
+        }
         if not spec.location_heavy:
             kwargs["no_repeat_ngram_size"] = 3
         return kwargs

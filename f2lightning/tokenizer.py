@@ -29,7 +29,9 @@ def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizer
     if plain:
         tokenizer.add_tokens(plain)
     if IMAGE_TOKEN not in vocab:
-        tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]}, replace_extra_special_tokens=False)
+        tokenizer.add_special_tokens(
+            {"additional_special_tokens": [IMAGE_TOKEN]}, replace_extra_special_tokens=False
+        )
     return tokenizer
 
 
@@ -41,7 +43,9 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     return prepare_tokenizer(AutoTokenizer.from_pretrained(path))
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048, min_frequency: int = 1) -> PreTrainedTokenizerFast:
+def train_tokenizer(
+    texts: Iterable[str], vocab_size: int = 2048, min_frequency: int = 1
+) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE with BART's special tokens on `texts` (seconds for thousands of lines), prepared.
 
     This stands in for `facebook/bart-base` where nothing can be downloaded: tests and the CPU demo.

@@ -29,7 +29,9 @@ def draw_prediction(image: Image.Image, task: str, result: Any, title: str | Non
             color = PALETTE[i % len(PALETTE)]
             for polygon in polygons:
                 if len(polygon) >= 6:
-                    draw.polygon(list(zip(polygon[0::2], polygon[1::2], strict=False)), outline=color, width=2)
+                    draw.polygon(
+                        list(zip(polygon[0::2], polygon[1::2], strict=False)), outline=color, width=2
+                    )
         text = ""
     else:
         text = str(result)

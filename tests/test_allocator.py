@@ -36,7 +36,9 @@ def run_probe(**environment: str) -> tuple[bool, int]:
     env = {**os.environ, **environment}
     if "GLIBC_TUNABLES" not in environment:
         env.pop("GLIBC_TUNABLES", None)
-    output = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, check=True)
+    output = subprocess.run(
+        [sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, check=True
+    )
     kept, faults = output.stdout.split()
     return kept == "True", int(faults)
 

@@ -10,7 +10,9 @@ import pytest
 from f2lightning import cli
 
 # The OpenMMLab stack made absent in a fresh interpreter (an import of a name mapped to None fails).
-WITHOUT_OPENMMLAB = "import sys\nfor name in ('mmcv', 'mmdet', 'mmseg', 'mmengine'):\n    sys.modules[name] = None\n"
+WITHOUT_OPENMMLAB = (
+    "import sys\nfor name in ('mmcv', 'mmdet', 'mmseg', 'mmengine'):\n    sys.modules[name] = None\n"
+)
 
 
 def run_cli(*argv: str, prelude: str = "") -> subprocess.CompletedProcess:

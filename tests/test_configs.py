@@ -13,13 +13,25 @@ from f2lightning.training.cli import main as lightning_cli
 from tests.helpers import training as helpers
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-CPU = ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strategy=auto", "--trainer.precision=32-true"]
-BASES = sorted(p.name for p in CONFIGS.glob("*.yaml") if p.name not in {"pretrain_base_768.yaml", "pretrain_large_768.yaml", "finetune_generalist_large.yaml"})
+CPU = [
+    "--trainer.accelerator=cpu",
+    "--trainer.devices=1",
+    "--trainer.strategy=auto",
+    "--trainer.precision=32-true",
+]
+BASES = sorted(
+    p.name
+    for p in CONFIGS.glob("*.yaml")
+    if p.name not in {"pretrain_base_768.yaml", "pretrain_large_768.yaml", "finetune_generalist_large.yaml"}
+)
 LAYERED = [
     ("pretrain_base_384.yaml", "pretrain_base_768.yaml"),
     ("pretrain_large_384.yaml", "pretrain_large_768.yaml"),
     ("finetune_generalist_base.yaml", "finetune_generalist_large.yaml"),
-    *[("pretrain_base_384.yaml", f"ablations/{p.name}") for p in sorted((CONFIGS / "ablations").glob("*.yaml"))],
+    *[
+        ("pretrain_base_384.yaml", f"ablations/{p.name}")
+        for p in sorted((CONFIGS / "ablations").glob("*.yaml"))
+    ],
 ]
 
 
@@ -48,8 +60,12 @@ def test_layered_config_instantiates(base, layer):
 
 def test_paper_batch_sizes():
     # Global batch = per-device batch x 8 devices x accumulation: 2048 (B) and 3072 (L), paper §6.1.
-    for files, expected in [(("pretrain_base_384.yaml",), 2048), (("pretrain_base_384.yaml", "pretrain_base_768.yaml"), 2048),
-                            (("pretrain_large_384.yaml",), 3072), (("pretrain_large_384.yaml", "pretrain_large_768.yaml"), 3072)]:
+    for files, expected in [
+        (("pretrain_base_384.yaml",), 2048),
+        (("pretrain_base_384.yaml", "pretrain_base_768.yaml"), 2048),
+        (("pretrain_large_384.yaml",), 3072),
+        (("pretrain_large_384.yaml", "pretrain_large_768.yaml"), 3072),
+    ]:
         cli = _instantiate(*files)
         assert cli.datamodule.hparams.batch_size * 8 * cli.trainer.accumulate_grad_batches == expected, files
 
@@ -72,8 +88,11 @@ def tiny_data(tmp_path_factory):
 def _tiny_run(data: Path, pretrained: bool) -> list[str]:
     """What turns a shipped config into a two-step CPU run on the tiny data; everything else stays the config's."""
     synthetic = data / "synthetic"
-    model = [f"--model.pretrained={data / 'florence2'}"] if pretrained else [
-        "--model.preset=tiny", f"--model.config_overrides={json.dumps(helpers.MICRO)}"]
+    model = (
+        [f"--model.pretrained={data / 'florence2'}"]
+        if pretrained
+        else ["--model.preset=tiny", f"--model.config_overrides={json.dumps(helpers.MICRO)}"]
+    )
     return [
         *CPU, "--trainer.max_steps=2", "--trainer.accumulate_grad_batches=1", "--trainer.limit_val_batches=0",
         "--trainer.num_sanity_val_steps=0", "--trainer.enable_progress_bar=false",

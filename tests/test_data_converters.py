@@ -1140,7 +1140,11 @@ def test_each_converter_declares_its_files_and_folders_by_annotation():
 
     assert path_parameters(get_converter("coco-instances").convert) == {"annotations", "image_dir"}
     assert path_parameters(get_converter("flickr30k-entities").convert) == {
-        "sentences_dir", "annotations_dir", "image_dir", "ids"}
+        "sentences_dir",
+        "annotations_dir",
+        "image_dir",
+        "ids",
+    }
     for name, converter in CONVERTERS.items():
         parser = argparse.ArgumentParser()
         converter.add_arguments(parser)

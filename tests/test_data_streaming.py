@@ -41,7 +41,17 @@ def corpus(tmp_path_factory):
 def by_image(corpus) -> str:
     """The same 20 images sharded by image (one item each, all its samples), through the command line."""
     out = corpus["root"] / "by_image"
-    argv = ["shard", str(corpus["records"]), "-o", str(out), "--by-image", "--tasks", *TASKS, "--chunk-bytes", "4KB"]
+    argv = [
+        "shard",
+        str(corpus["records"]),
+        "-o",
+        str(out),
+        "--by-image",
+        "--tasks",
+        *TASKS,
+        "--chunk-bytes",
+        "4KB",
+    ]
     assert cli_main([*argv, "--workers", "1"]) == 0
     return str(out)
 
@@ -189,7 +199,9 @@ def test_unreadable_images_are_counted_when_sharding_and_when_streaming(tmp_path
     stream = build_stream(str(tmp_path / "by_image"), processor, tasks_per_image=2)
     batches = list(streaming_loader(stream, processor, 2, 0))
     skipped = [reason for b in batches for reason in b["skipped"]]
-    assert len(skipped) == 1 and images[0].name in skipped[0]["message"]  # the bad image's run is one counted skip
+    assert (
+        len(skipped) == 1 and images[0].name in skipped[0]["message"]
+    )  # the bad image's run is one counted skip
     assert sum(b["size"] for b in batches) == 2
 
     with pytest.raises(BadRecordError, match="does not exist"):
@@ -198,8 +210,10 @@ def test_unreadable_images_are_counted_when_sharding_and_when_streaming(tmp_path
 
 # ---------------------------------------------------------------------------------------- by-image shards
 def test_by_image_runs_ask_about_one_image_and_cover_every_image_once(corpus, by_image, processor) -> None:
-    samples_of_image = {r.image: {(s.task, s.prompt, s.target) for s in expand(r, TASKS)}
-                        for r in read_records(corpus["records"])}
+    samples_of_image = {
+        r.image: {(s.task, s.prompt, s.target) for s in expand(r, TASKS)}
+        for r in read_records(corpus["records"])
+    }
     stream = build_stream(by_image, processor, tasks_per_image=3)
     assert len(stream) == 20
     for position in range(len(stream)):
@@ -271,7 +285,9 @@ def test_by_image_runs_are_seeded_split_by_rank_and_resume_exactly(by_image, pro
     assert len(per_rank[0]) == len(per_rank[1]) > 0 and not set(per_rank[0]) & set(per_rank[1])
 
 
-def test_datamodule_streams_runs_from_by_image_shards_only(corpus, by_image, processor, tokenizer, tmp_path) -> None:
+def test_datamodule_streams_runs_from_by_image_shards_only(
+    corpus, by_image, processor, tokenizer, tmp_path
+) -> None:
     tokenizer.save_pretrained(tmp_path / "tokenizer")
 
     def data(streaming_dir: str) -> Florence2DataModule:
@@ -281,8 +297,15 @@ def test_datamodule_streams_runs_from_by_image_shards_only(corpus, by_image, pro
         )  # fmt: skip
 
     model = _Recorder()
-    trainer = L.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        max_steps=3,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(model, datamodule=data(by_image))
     assert model.images == [2, 2, 2] and all(len(targets) == 4 for targets in model.seen)
 
@@ -306,8 +329,15 @@ class _WritesAMarker:
 
 
 def _item_with_pickled_field(marker: str):
-    return {"image": b"x", "image_name": b"a.png", "image_size": (1, 1), "prompt": "p", "target": "t", "task": "<OD>",
-            "payload": _WritesAMarker(marker)}
+    return {
+        "image": b"x",
+        "image_name": b"a.png",
+        "image_size": (1, 1),
+        "prompt": "p",
+        "target": "t",
+        "task": "<OD>",
+        "payload": _WritesAMarker(marker),
+    }
 
 
 def test_a_shard_declaring_a_pickle_field_is_refused_before_its_code_runs(tmp_path, processor) -> None:
@@ -317,7 +347,10 @@ def test_a_shard_declaring_a_pickle_field_is_refused_before_its_code_runs(tmp_pa
     optimize(fn=_item_with_pickled_field, inputs=[str(marker)], output_dir=str(tmp_path / "object_detection"),
              chunk_bytes="4KB",
              num_workers=1, start_method="fork", verbose=False)  # fmt: skip
-    assert "pickle" in json.loads((tmp_path / "object_detection" / "index.json").read_text())["config"]["data_format"]
+    assert (
+        "pickle"
+        in json.loads((tmp_path / "object_detection" / "index.json").read_text())["config"]["data_format"]
+    )
     with pytest.raises(ShardError, match=r"object_detection: a field is declared as 'pickle'"):
         list(streaming_loader(build_stream(str(tmp_path), processor, tasks=["<OD>"]), processor, 1, 0))
     assert not marker.exists()
@@ -349,5 +382,7 @@ def test_an_item_whose_bytes_do_not_decode_is_an_error_naming_the_shard(corpus, 
     data = bytearray(chunk.read_bytes())
     data[4:12] = b"\xff" * 8  # the item offsets: same size, nonsense positions
     chunk.write_bytes(bytes(data))
-    with pytest.raises(ShardError, match=re.escape(str(shards / "caption")) + r", chunk \d+: item \d+ cannot be read"):
+    with pytest.raises(
+        ShardError, match=re.escape(str(shards / "caption")) + r", chunk \d+: item \d+ cannot be read"
+    ):
         list(streaming_loader(build_stream(str(shards), processor, tasks=["<CAPTION>"]), processor, 4, 0))

@@ -141,9 +141,14 @@ def test_small_images_scale_the_text_down_and_keep_every_task(tmp_path) -> None:
 
 
 def test_image_size_below_the_minimum_is_refused_naming_the_option(tmp_path, capsys) -> None:
-    assert make_synthetic_command("-o", str(tmp_path), "--images", "2", "--image-size", "16", "--workers", "1") == 2
+    assert (
+        make_synthetic_command("-o", str(tmp_path), "--images", "2", "--image-size", "16", "--workers", "1")
+        == 2
+    )
     error = capsys.readouterr().err.strip()
-    assert error.startswith("f2lightning make-synthetic: error:") and "\n" not in error  # one line, no traceback
+    assert (
+        error.startswith("f2lightning make-synthetic: error:") and "\n" not in error
+    )  # one line, no traceback
     assert f"--image-size) must be at least {MIN_IMAGE_SIZE} pixels, got 16" in error
     assert not (tmp_path / "train.jsonl").exists()
     with pytest.raises(ValueError, match=rf"must be at least {MIN_IMAGE_SIZE} pixels"):

@@ -24,20 +24,40 @@ def test_results_table_keeps_task_metrics_and_leaves_out_run_wide_counts():
 
 def test_the_demo_config_ships_in_the_wheel(tmp_path):
     # `python -m f2lightning.demo` from an installed wheel: the config must come from the package, not the checkout.
-    repo, source = Path(__file__).resolve().parents[1], tmp_path / "source"  # built from a copy: no build/ here
+    repo, source = (
+        Path(__file__).resolve().parents[1],
+        tmp_path / "source",
+    )  # built from a copy: no build/ here
     source.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(repo / name, source)
     for name in ("f2lightning", "downstream"):
         shutil.copytree(repo / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
-    subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation", "-q",
-                    "-w", str(tmp_path / "dist")], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            str(source),
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path / "dist"),
+        ],
+        check=True,
+    )
     (wheel,) = (tmp_path / "dist").glob("f2lightning-*.whl")
     zipfile.ZipFile(wheel).extractall(tmp_path / "site")
-    script = ("from f2lightning.demo import CONFIG; from f2lightning.training.cli import main; "
-              "cli = main(['-c', str(CONFIG)], run=False); print(CONFIG, cli.trainer.max_steps)")
+    script = (
+        "from f2lightning.demo import CONFIG; from f2lightning.training.cli import main; "
+        "cli = main(['-c', str(CONFIG)], run=False); print(CONFIG, cli.trainer.max_steps)"
+    )
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
-    out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
     assert out.returncode == 0, out.stderr
     config, max_steps = out.stdout.split()[-2:]
     assert Path(config).is_relative_to(tmp_path / "site") and int(max_steps) > 0

@@ -43,7 +43,10 @@ def one_thread():
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """A random tiny Florence-2 saved like a released one (transformers layout + tokenizer files)."""
-    texts = ["What does the image describe? a dog and a man in a red car.", "Locate the phrases in the caption:"]
+    texts = [
+        "What does the image describe? a dog and a man in a red car.",
+        "Locate the phrases in the caption:",
+    ]
     tokenizer = train_tokenizer(texts * 10, vocab_size=320)
     config = Florence2Config.preset(
         "tiny",
@@ -207,7 +210,11 @@ def test_loaders_keep_the_protocols_ground_truth(data_root) -> None:
     assert [s.key for s in samples] == ["1", "2"]
     assert samples[0].target["iscrowd"] == [0, 1] and samples[0].target["bboxes"][0] == [2, 3, 22, 13]
     refcoco = load_config(CONFIGS / "refcoco.yaml")
-    assert [len(load_samples(refcoco, split, data_root)[0]) for split in ("val", "testA", "testB")] == [1, 1, 1]
+    assert [len(load_samples(refcoco, split, data_root)[0]) for split in ("val", "testA", "testB")] == [
+        1,
+        1,
+        1,
+    ]
     flickr, _ = load_samples(load_config(CONFIGS / "flickr30k.yaml"), "test", data_root)
     assert [s.text_input for s in flickr] == ["A man drives a red car .", "The car is red ."]
     vqa, _ = load_samples(load_config(CONFIGS / "vqav2.yaml"), "val2014", data_root)
@@ -242,7 +249,9 @@ def test_evaluate_command_writes_the_paper_table(checkpoint, data_root, tmp_path
     assert refcoco[1]["paper"][PAPER_ROWS[1]] == 61.6 and 0.0 <= refcoco[1]["score"] <= 100.0
     assert report["settings"]["num_beams"] == 3 and report["settings"]["max_new_tokens"] == 8
     # Captions are tokenized like coco-caption's published scores wherever Java can run its PTBTokenizer.
-    assert by_name["coco_caption"]["splits"][0]["details"]["tokenizer"] == ("ptb" if shutil.which("java") else "python")
+    assert by_name["coco_caption"]["splits"][0]["details"]["tokenizer"] == (
+        "ptb" if shutil.which("java") else "python"
+    )
     detection = by_name["coco_detection"]["splits"][0]
     assert detection["num_samples"] == 2 and "map_50" in detection["details"]
     for line in (out / "predictions" / "coco_detection_val2017.jsonl").read_text().splitlines():
@@ -268,7 +277,9 @@ def test_lightning_checkpoint_with_tokenizer_option(checkpoint, data_root, tmp_p
 SERVER_CONFIGS = sorted((CONFIGS / "server").glob("*.yaml"))
 
 
-def test_server_configs_write_one_answer_per_question_in_the_servers_format(checkpoint, data_root, tmp_path) -> None:
+def test_server_configs_write_one_answer_per_question_in_the_servers_format(
+    checkpoint, data_root, tmp_path
+) -> None:
     from f2lightning.evaluation.report import to_markdown
     from f2lightning.evaluation.runner import evaluate
 
@@ -279,7 +290,11 @@ def test_server_configs_write_one_answer_per_question_in_the_servers_format(chec
         overrides={"max_new_tokens": 4, "num_workers": 0, "progress": False, "batch_size": 2},
     )  # fmt: skip
     expected_keys = {
-        "vqav2": [("question_id", 780), ("question_id", 770), ("question_id", 781)],  # the questions file's order
+        "vqav2": [
+            ("question_id", 780),
+            ("question_id", 770),
+            ("question_id", 781),
+        ],  # the questions file's order
         "textvqa": [("question_id", 5)],
         "vizwiz": [("image", "VizWiz_test_00000001.jpg"), ("image", "VizWiz_test_00000000.jpg")],
     }
@@ -288,10 +303,18 @@ def test_server_configs_write_one_answer_per_question_in_the_servers_format(chec
         assert split.score is None and split.column == "test-dev"
         answers = json.loads(Path(split.answers_file).read_text())
         assert Path(split.answers_file) == out / "answers" / f"{result.benchmark.name}_test-dev.json"
-        assert [(k, item[k]) for item in answers for k in item if k != "answer"] == expected_keys[result.benchmark.name]
-        predicted = [json.loads(line)["prediction"] for line in
-                     (out / "predictions" / f"{result.benchmark.name}_test-dev.jsonl").read_text().splitlines()]
-        assert [item["answer"] for item in answers] == predicted and all(isinstance(a, str) for a in predicted)
+        assert [(k, item[k]) for item in answers for k in item if k != "answer"] == expected_keys[
+            result.benchmark.name
+        ]
+        predicted = [
+            json.loads(line)["prediction"]
+            for line in (out / "predictions" / f"{result.benchmark.name}_test-dev.jsonl")
+            .read_text()
+            .splitlines()
+        ]
+        assert [item["answer"] for item in answers] == predicted and all(
+            isinstance(a, str) for a in predicted
+        )
     markdown = to_markdown(results)
     assert "answers/vqav2_test-dev.json (to the server)" in markdown
     report = json.loads((out / "results.json").read_text())
@@ -314,7 +337,9 @@ def test_private_answers_need_an_output_folder_before_the_model_loads(data_root)
     ({"questions": []}, "test.json: expected a list of questions, got dict"),
     ("[{", r"test\.json: not valid JSON"),
 ])  # fmt: skip
-def test_a_questions_file_the_server_could_not_score_is_an_error_naming_it(tmp_path, questions, error) -> None:
+def test_a_questions_file_the_server_could_not_score_is_an_error_naming_it(
+    tmp_path, questions, error
+) -> None:
     config = load_config(CONFIGS / "server" / "vizwiz_test.yaml")
     _image(tmp_path, "vizwiz/test/VizWiz_test_00000000.jpg")
     path = tmp_path / "vizwiz/Annotations/test.json"
@@ -327,7 +352,9 @@ def test_a_questions_file_the_server_could_not_score_is_an_error_naming_it(tmp_p
 def test_a_vqav2_questions_file_without_questions_is_an_error_naming_it(tmp_path) -> None:
     config = load_config(CONFIGS / "server" / "vqav2_test_dev.yaml")
     _json(tmp_path, "vqav2/v2_OpenEnded_mscoco_test-dev2015_questions.json", {"data_subtype": "test-dev2015"})
-    with pytest.raises(ValueError, match=r"test-dev2015_questions\.json: expected a JSON object with `questions`"):
+    with pytest.raises(
+        ValueError, match=r"test-dev2015_questions\.json: expected a JSON object with `questions`"
+    ):
         load_samples(config, "test-dev", tmp_path)
 
 
@@ -362,12 +389,16 @@ def test_batched_generation_equals_one_by_one(loaded, data_root) -> None:
     samples = _rec_samples(data_root)
     task = "<REFERRING_EXPRESSION_COMPREHENSION>"
     batched = generate(model, processor, task, samples, FAST, with_logprobs=True)
-    single = generate(model, processor, task, samples, GenerationSettings(**{**FAST.__dict__, "batch_size": 1}), True)
+    single = generate(
+        model, processor, task, samples, GenerationSettings(**{**FAST.__dict__, "batch_size": 1}), True
+    )
     assert [g.text for g in batched] == [g.text for g in single]
     assert len({g.text for g in batched}) > 1  # each expression gets its own answer: the check is not vacuous
     for a, b in zip(batched, single):
         assert a.token_ids == b.token_ids
-        torch.testing.assert_close(torch.tensor(a.token_logprobs), torch.tensor(b.token_logprobs), atol=1e-4, rtol=0)
+        torch.testing.assert_close(
+            torch.tensor(a.token_logprobs), torch.tensor(b.token_logprobs), atol=1e-4, rtol=0
+        )
 
 
 def test_length_aware_batches_group_similar_prompts() -> None:
@@ -385,7 +416,11 @@ def test_token_logprobs_are_the_models_teacher_forced_logprobs(loaded, data_root
     samples = [replace(s, text_input=None) for s in _rec_samples(data_root)[:2]]
     generations = generate(model, processor, "<OD>", samples, FAST, with_logprobs=True)
     batch = processor([Image.open(samples[0].image)] * 2, ["<OD>"] * 2)
-    special = {processor.tokenizer.pad_token_id, processor.tokenizer.bos_token_id, processor.tokenizer.eos_token_id}
+    special = {
+        processor.tokenizer.pad_token_id,
+        processor.tokenizer.bos_token_id,
+        processor.tokenizer.eos_token_id,
+    }
     for row, generation in enumerate(generations):
         ids = torch.tensor([[model.config.text.decoder_start_token_id, *generation.token_ids]])
         with torch.no_grad():
@@ -430,7 +465,9 @@ def test_detection_box_scores_follow_the_generated_likelihood(loaded, data_root,
         lambda task, num_beams=3: {**original(task, num_beams), "logits_processor": LogitsProcessorList([scripted])},
     )  # fmt: skip
     samples = [EvalSample(str(data_root / "coco/val2017/000001.jpg"), IMAGE, None, None, "1")]
-    settings = GenerationSettings(batch_size=1, num_beams=3, max_new_tokens=len(tokens) + 2, num_workers=0, progress=False)
+    settings = GenerationSettings(
+        batch_size=1, num_beams=3, max_new_tokens=len(tokens) + 2, num_workers=0, progress=False
+    )
     generations = generate(model, processor, "<OD>", samples, settings, with_logprobs=True)
     (pred,), fallbacks = predictions(BENCHMARKS["coco_detection"], generations, samples, processor)
     assert fallbacks == 0 and pred["labels"] == ["dog", "man"]
@@ -445,6 +482,8 @@ def test_cuda_bf16_generation_scores_boxes(checkpoint, data_root) -> None:
     samples = [replace(s, text_input=None) for s in _rec_samples(data_root)[:3]]
     settings = replace(FAST, device="cuda", bf16=True)
     generations = generate(model, processor, "<OD>", samples, settings, with_logprobs=True)
-    assert all(g.token_logprobs is not None and all(math.isfinite(v) for v in g.token_logprobs) for g in generations)
+    assert all(
+        g.token_logprobs is not None and all(math.isfinite(v) for v in g.token_logprobs) for g in generations
+    )
     preds, _ = predictions(BENCHMARKS["coco_detection"], generations, samples, processor)
     assert all(len(p["scores"]) == len(p["bboxes"]) for p in preds)

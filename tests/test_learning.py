@@ -34,8 +34,14 @@ def test_a_short_run_reads_the_image(tmp_path):
     make_synthetic(tmp_path / "data", 200, seed=0, config=SyntheticConfig(max_shapes=1, max_text_lines=0))
     L.seed_everything(0)
     dm = Florence2DataModule(
-        synthetic_dir=str(tmp_path / "data"), tokenizer_vocab_size=600, image_size=64, batch_size=16, num_workers=0,
-        tasks=["<CAPTION>"], val_samples_per_task=32, epoch_length=16 * 300,
+        synthetic_dir=str(tmp_path / "data"),
+        tokenizer_vocab_size=600,
+        image_size=64,
+        batch_size=16,
+        num_workers=0,
+        tasks=["<CAPTION>"],
+        val_samples_per_task=32,
+        epoch_length=16 * 300,
     )
     lit = helpers.module(warmup_steps=10, hold_encoders_steps=100)
     helpers.trainer(tmp_path, 300).fit(lit, dm)
@@ -52,13 +58,27 @@ def test_tiny_model_learns_the_synthetic_tasks(tmp_path_factory):
     make_synthetic(data, 3000, seed=0, config=SyntheticConfig(max_shapes=1, max_text_lines=0))
     L.seed_everything(0)
     dm = Florence2DataModule(
-        synthetic_dir=str(data), tokenizer_vocab_size=600, image_size=128, batch_size=16, num_workers=0,
-        tasks=["<CAPTION>", "<OD>"], val_samples_per_task=VAL_SAMPLES, val_batch_size=48, epoch_length=16 * STEPS,
+        synthetic_dir=str(data),
+        tokenizer_vocab_size=600,
+        image_size=128,
+        batch_size=16,
+        num_workers=0,
+        tasks=["<CAPTION>", "<OD>"],
+        val_samples_per_task=VAL_SAMPLES,
+        val_batch_size=48,
+        epoch_length=16 * STEPS,
     )
     # From scratch (docs/training.md "Training from scratch"): the encoders hold still while the decoder learns to read
     # them, and the random DaViT then learns slower than the rest.
-    lit = helpers.module(config_overrides=None, lr=1e-3, warmup_steps=50, val_max_new_tokens=30, min_lr_ratio=0.1,
-                         hold_encoders_steps=HOLD_ENCODERS, vision_lr_scale=0.1)
+    lit = helpers.module(
+        config_overrides=None,
+        lr=1e-3,
+        warmup_steps=50,
+        val_max_new_tokens=30,
+        min_lr_ratio=0.1,
+        hold_encoders_steps=HOLD_ENCODERS,
+        vision_lr_scale=0.1,
+    )
     trainer = helpers.trainer(data, STEPS, limit_val_batches=None, gradient_clip_val=1.0)
     before = trainer.validate(lit, dm, verbose=False)[0]
     trainer.fit(lit, dm)
@@ -67,8 +87,10 @@ def test_tiny_model_learns_the_synthetic_tasks(tmp_path_factory):
     for task in ("<CAPTION>", "<OD>"):
         own[task], shuffled[task] = own_and_shuffled_image_loss(lit, dm, task)
     prior = image_blind_prior(dm.train_dataset.samples_by_task, dm.val_dataset.samples_by_task)
-    print({k: (round(before.get(k, float("nan")), 3), round(v, 3)) for k, v in after.items()},
-          {"loss own images": own, "shuffled images": shuffled, "image-blind prior": prior})
+    print(
+        {k: (round(before.get(k, float("nan")), 3), round(v, 3)) for k, v in after.items()},
+        {"loss own images": own, "shuffled images": shuffled, "image-blind prior": prior},
+    )
     assert after["val/loss"] < 0.4 * before["val/loss"]
     # Both tasks depend on the image, not just on the prompt ...
     assert shuffled["<CAPTION>"] > own["<CAPTION>"] + 0.3

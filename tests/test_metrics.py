@@ -585,18 +585,24 @@ def test_image_blind_prior_answers_the_most_frequent_training_target_of_each_pro
         return Sample("x.png", task, prompt, target, (100, 100))
 
     train = {
-        "<VQA>": [sample("<VQA>", "What color?", "red")] * 2 + [sample("<VQA>", "What color?", "blue"),
-                                                                  sample("<VQA>", "How many?", "2")],
+        "<VQA>": [sample("<VQA>", "What color?", "red")] * 2
+        + [sample("<VQA>", "What color?", "blue"), sample("<VQA>", "How many?", "2")],
         "<OD>": [sample("<OD>", "Locate the objects.", "circle<loc_0><loc_0><loc_499><loc_499>")] * 3
         + [sample("<OD>", "Locate the objects.", "square<loc_500><loc_500><loc_999><loc_999>")],
     }
     val = {
         # "What color?" -> red (right once, wrong once); "How many?" -> 2 (right); a prompt never seen in training
         # -> the task's most frequent answer, red (wrong).
-        "<VQA>": [sample("<VQA>", "What color?", "red"), sample("<VQA>", "What color?", "blue"),
-                  sample("<VQA>", "How many?", "2"), sample("<VQA>", "What shape?", "circle")],
-        "<OD>": [sample("<OD>", "Locate the objects.", "circle<loc_0><loc_0><loc_499><loc_499>"),
-                 sample("<OD>", "Locate the objects.", "square<loc_500><loc_500><loc_999><loc_999>")],
+        "<VQA>": [
+            sample("<VQA>", "What color?", "red"),
+            sample("<VQA>", "What color?", "blue"),
+            sample("<VQA>", "How many?", "2"),
+            sample("<VQA>", "What shape?", "circle"),
+        ],
+        "<OD>": [
+            sample("<OD>", "Locate the objects.", "circle<loc_0><loc_0><loc_499><loc_499>"),
+            sample("<OD>", "Locate the objects.", "square<loc_500><loc_500><loc_999><loc_999>"),
+        ],
     }
     prior = image_blind_prior(train, val)
     assert prior["VQA/exact_match"] == pytest.approx(0.5)

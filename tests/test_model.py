@@ -273,9 +273,13 @@ def test_language_init_copies_bart_and_keeps_the_rows_bart_lacks(tmp_path):
         else:
             assert torch.equal(state[name][: len(tensor)], tensor), name
     assert torch.equal(model.language_model.model.shared.weight[-64:], extra_rows)
-    assert model.language_model.lm_head.weight.data_ptr() == model.language_model.model.shared.weight.data_ptr()
+    assert (
+        model.language_model.lm_head.weight.data_ptr() == model.language_model.model.shared.weight.data_ptr()
+    )
     # A BART with one decoder layer fewer does not fit: named, not loaded half-way.
-    fewer = BartForConditionalGeneration(BartConfig(**{**ours.to_dict(), "decoder_layers": ours.decoder_layers - 1}))
+    fewer = BartForConditionalGeneration(
+        BartConfig(**{**ours.to_dict(), "decoder_layers": ours.decoder_layers - 1})
+    )
     fewer.save_pretrained(tmp_path / "fewer")
     with pytest.raises(CheckpointError, match=r"missing model\.decoder\.layers\.\d+\."):
         init_language_model(model, tmp_path / "fewer")
@@ -290,8 +294,14 @@ def test_vision_init_loads_an_exported_backbone_strictly(tmp_path):
     assert summary["arch"] == "tiny"
     model = Florence2(Florence2Config.preset("tiny"))
     init_vision_tower(model, tmp_path / "davit.pth")
-    assert all(torch.equal(a, b) for a, b in zip(model.vision_tower.state_dict().values(),
-                                                 source.vision_tower.state_dict().values(), strict=True))
-    wider = Florence2(Florence2Config.preset("tiny", vision={"embed_dims": (32, 64, 96, 256), "num_heads": (1, 2, 3, 4)}))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(
+            model.vision_tower.state_dict().values(), source.vision_tower.state_dict().values(), strict=True
+        )
+    )
+    wider = Florence2(
+        Florence2Config.preset("tiny", vision={"embed_dims": (32, 64, 96, 256), "num_heads": (1, 2, 3, 4)})
+    )
     with pytest.raises(CheckpointError, match="tensor shapes differ"):
         init_vision_tower(wider, tmp_path / "davit.pth")

@@ -23,13 +23,26 @@ IMAGE_SIZE = 64  # 2x2 feature map -> 5 image tokens
 def _hf_config() -> HFConfig:
     return HFConfig(
         vision_config={
-            "embed_dim": [32, 64, 96, 128], "depths": [1, 1, 2, 1], "num_heads": [1, 2, 3, 4],
-            "num_groups": [1, 2, 3, 4], "window_size": 4, "projection_dim": 64, "drop_path_rate": 0.0,
+            "embed_dim": [32, 64, 96, 128],
+            "depths": [1, 1, 2, 1],
+            "num_heads": [1, 2, 3, 4],
+            "num_groups": [1, 2, 3, 4],
+            "window_size": 4,
+            "projection_dim": 64,
+            "drop_path_rate": 0.0,
         },
         text_config={
-            "model_type": "bart", "vocab_size": VOCAB, "d_model": 64, "encoder_layers": 2, "decoder_layers": 2,
-            "encoder_attention_heads": 4, "decoder_attention_heads": 4, "encoder_ffn_dim": 128,
-            "decoder_ffn_dim": 128, "max_position_embeddings": 64, "dropout": 0.0,
+            "model_type": "bart",
+            "vocab_size": VOCAB,
+            "d_model": 64,
+            "encoder_layers": 2,
+            "decoder_layers": 2,
+            "encoder_attention_heads": 4,
+            "decoder_attention_heads": 4,
+            "encoder_ffn_dim": 128,
+            "decoder_ffn_dim": 128,
+            "max_position_embeddings": 64,
+            "dropout": 0.0,
         },
         image_token_id=IMAGE_TOKEN_ID,
     )
@@ -87,7 +100,9 @@ def _assert_same_generations(ours: Florence2, hf_model, batch) -> None:
         actual = ours.generate(pixel_values, input_ids, attention_mask, **kwargs)
         assert torch.equal(actual, expected), settings
         # Not vacuous: the tokens depend on the image (each sample's, not its neighbour's).
-        assert not torch.equal(ours.generate(pixel_values.flip(0), input_ids, attention_mask, **kwargs), actual)
+        assert not torch.equal(
+            ours.generate(pixel_values.flip(0), input_ids, attention_mask, **kwargs), actual
+        )
 
 
 def test_loads_transformers_checkpoint(hf_dir, hf_model, batch):
@@ -106,7 +121,9 @@ def test_samples_sharing_an_image_match_transformers_fed_a_copy_each(hf_dir, hf_
     copies = pixel_values[image_index]
     with torch.no_grad():
         expected = hf_model(**_hf_inputs(copies, input_ids, attention_mask), labels=labels)
-        swapped = hf_model(**_hf_inputs(pixel_values[1 - image_index], input_ids, attention_mask), labels=labels)
+        swapped = hf_model(
+            **_hf_inputs(pixel_values[1 - image_index], input_ids, attention_mask), labels=labels
+        )
         actual = ours(pixel_values, input_ids, attention_mask, labels=labels, image_index=image_index)
     # The logits move by units with the image, so the right images must match within float noise.
     assert (actual.logits - expected.logits).abs().max() <= 1e-4
@@ -114,7 +131,9 @@ def test_samples_sharing_an_image_match_transformers_fed_a_copy_each(hf_dir, hf_
     assert torch.allclose(actual.loss, expected.loss, atol=1e-6)
     kwargs = {"max_new_tokens": 12, "do_sample": False, "num_beams": 3}
     expected_ids = hf_model.generate(**_hf_inputs(copies, input_ids, attention_mask), **kwargs)
-    assert torch.equal(ours.generate(pixel_values, input_ids, attention_mask, image_index, **kwargs), expected_ids)
+    assert torch.equal(
+        ours.generate(pixel_values, input_ids, attention_mask, image_index, **kwargs), expected_ids
+    )
 
 
 def test_save_pretrained_opens_in_transformers(hf_dir, hf_model, batch, tmp_path):
@@ -155,7 +174,9 @@ def _write_msft_checkpoint(hf_dir, target):
         elif key == "model.multi_modal_projector.image_projection.weight":
             msft["image_projection"] = value.t().contiguous()
         elif key.startswith("model.multi_modal_projector."):
-            name = key.removeprefix("model.multi_modal_projector.").replace("image_position_embed", "image_pos_embed")
+            name = key.removeprefix("model.multi_modal_projector.").replace(
+                "image_position_embed", "image_pos_embed"
+            )
             msft[name] = value
         elif key.startswith("model.language_model."):
             msft["language_model.model." + key.removeprefix("model.language_model.")] = value
@@ -164,18 +185,26 @@ def _write_msft_checkpoint(hf_dir, target):
     save_file(msft, target / "model.safetensors")
     hf = _hf_config().to_dict()
     vision = hf["vision_config"]
-    (target / "config.json").write_text(__import__("json").dumps({
-        "model_type": "florence2",
-        "vision_config": {
-            "model_type": "davit", "dim_embed": vision["embed_dim"], "depths": vision["depths"],
-            "num_heads": vision["num_heads"], "num_groups": vision["num_groups"],
-            "window_size": vision["window_size"], "projection_dim": vision["projection_dim"],
-            "image_pos_embed": {"type": "learned_abs_2d", "max_pos_embeddings": 50},
-            "visual_temporal_embedding": {"type": "COSINE", "max_temporal_embeddings": 100},
-        },
-        "text_config": {k: v for k, v in hf["text_config"].items() if not k.startswith("_")},
-        "vocab_size": VOCAB,
-    }))
+    (target / "config.json").write_text(
+        __import__("json").dumps(
+            {
+                "model_type": "florence2",
+                "vision_config": {
+                    "model_type": "davit",
+                    "dim_embed": vision["embed_dim"],
+                    "depths": vision["depths"],
+                    "num_heads": vision["num_heads"],
+                    "num_groups": vision["num_groups"],
+                    "window_size": vision["window_size"],
+                    "projection_dim": vision["projection_dim"],
+                    "image_pos_embed": {"type": "learned_abs_2d", "max_pos_embeddings": 50},
+                    "visual_temporal_embedding": {"type": "COSINE", "max_temporal_embeddings": 100},
+                },
+                "text_config": {k: v for k, v in hf["text_config"].items() if not k.startswith("_")},
+                "vocab_size": VOCAB,
+            }
+        )
+    )
 
 
 def test_loads_microsoft_remote_code_layout(hf_dir, hf_model, batch, tmp_path):
@@ -188,8 +217,15 @@ def test_loads_microsoft_remote_code_layout(hf_dir, hf_model, batch, tmp_path):
 def test_vision_tower_equals_timm_davit(hf_dir, hf_model, batch):
     ours = Florence2.from_pretrained(hf_dir).eval()
     timm_davit = timm.create_model(
-        "davit_base_fl", pretrained=False, num_classes=0, embed_dims=(32, 64, 96, 128), depths=(1, 1, 2, 1),
-        num_heads=(1, 2, 3, 4), window_size=4, features_only=True, out_indices=(0, 1, 2, 3),
+        "davit_base_fl",
+        pretrained=False,
+        num_classes=0,
+        embed_dims=(32, 64, 96, 128),
+        depths=(1, 1, 2, 1),
+        num_heads=(1, 2, 3, 4),
+        window_size=4,
+        features_only=True,
+        out_indices=(0, 1, 2, 3),
     ).eval()
     weights = vision_tower_state_dict(load_state_dict(hf_dir))
     # timm's feature wrapper flattens `stages.i` into `stages_i`.

@@ -44,7 +44,9 @@ def synthetic(tmp_path_factory):
 
 
 def _image(path: Path, mode: str = "RGB", size=(32, 24), **save) -> Path:
-    Image.new(mode, size, 128 if mode in ("L", "I;16") else (200, 30, 30)[: len(mode)] or 1).save(path, **save)
+    Image.new(mode, size, 128 if mode in ("L", "I;16") else (200, 30, 30)[: len(mode)] or 1).save(
+        path, **save
+    )
     return path
 
 
@@ -99,7 +101,9 @@ def _png_header_only(path: Path, width: int, height: int) -> Path:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -114,7 +118,11 @@ RECORD = {"image": "a.jpg", "width": 100, "height": 50}
 
 @pytest.mark.parametrize(
     ("box", "reason"),
-    [([10, 10, 200, 40], "box_outside_image"), ([60, 10, 20, 40], "bad_box"), ([10, float("nan"), 20, 40], "nan_coordinate")],
+    [
+        ([10, 10, 200, 40], "box_outside_image"),
+        ([60, 10, 20, 40], "bad_box"),
+        ([10, float("nan"), 20, 40], "nan_coordinate"),
+    ],
     ids=["outside", "inverted", "nan"],
 )
 def test_bad_boxes_are_rejected_with_a_reason(box, reason):
@@ -132,7 +140,9 @@ def test_polygon_with_fewer_than_3_points_is_rejected():
 
 def test_non_utf8_line_is_counted_or_raised(tmp_path):
     path = tmp_path / "mixed.jsonl"
-    path.write_bytes(json.dumps({**RECORD, "texts": {"brief": ["ok"]}}).encode() + b"\n" + b'{"image": "\xff\xfe"}\n')
+    path.write_bytes(
+        json.dumps({**RECORD, "texts": {"brief": ["ok"]}}).encode() + b"\n" + b'{"image": "\xff\xfe"}\n'
+    )
     report = SkipReport()
     assert len(read_records(path, "skip", report=report)) == 1
     assert report.counts == {"not_utf8": 1}
@@ -142,7 +152,9 @@ def test_non_utf8_line_is_counted_or_raised(tmp_path):
 
 def test_unknown_task_name_fails_before_any_data_is_read(tmp_path):
     with pytest.raises(ValueError, match=r"unknown task\(s\) \['<NOT_A_TASK>'\]"):
-        Florence2DataModule(synthetic_dir=str(tmp_path / "never_written"), tasks=["<CAPTION>", "<NOT_A_TASK>"])
+        Florence2DataModule(
+            synthetic_dir=str(tmp_path / "never_written"), tasks=["<CAPTION>", "<NOT_A_TASK>"]
+        )
     assert not (tmp_path / "never_written").exists()
 
 
@@ -154,15 +166,24 @@ def test_overlong_prompt_and_target_are_truncated_and_still_train(tokenizer):
     config = Florence2Config.preset("tiny", image_size=64, **helpers.MICRO).replace(
         text={"vocab_size": -(-len(tokenizer) // 64) * 64}
     )
-    loss = Florence2(config)(batch["pixel_values"], batch["input_ids"], batch["attention_mask"], labels=batch["labels"]).loss
+    loss = Florence2(config)(
+        batch["pixel_values"], batch["input_ids"], batch["attention_mask"], labels=batch["labels"]
+    ).loss
     assert torch.isfinite(loss)
 
 
 def test_image_tokens_plus_prompt_beyond_encoder_positions_is_a_config_error():
     model = {"preset": "tiny", "image_size": 640}  # 401 image tokens; the tiny encoder has 512 positions
-    with pytest.raises(ConfigError, match=r"401 image tokens .* \+ max_prompt_length 256 = 657 > the encoder's 512"):
-        validate_fit(model, {"synthetic_dir": "x", "image_size": 640, "max_prompt_length": 256, "max_target_length": 64})
-    validate_fit(model, {"synthetic_dir": "x", "image_size": 640, "max_prompt_length": 100, "max_target_length": 64})
+    with pytest.raises(
+        ConfigError, match=r"401 image tokens .* \+ max_prompt_length 256 = 657 > the encoder's 512"
+    ):
+        validate_fit(
+            model,
+            {"synthetic_dir": "x", "image_size": 640, "max_prompt_length": 256, "max_target_length": 64},
+        )
+    validate_fit(
+        model, {"synthetic_dir": "x", "image_size": 640, "max_prompt_length": 100, "max_target_length": 64}
+    )
 
 
 class DeleteImages(L.Callback):
@@ -228,7 +249,9 @@ def _resized_copy(synthetic: Path, tmp_path: Path) -> tuple[Path, dict, tuple[in
 
 
 @pytest.mark.parametrize("size_mismatch", ["skip", "rescale"])
-def test_an_image_not_of_its_declared_size_is_skipped_or_rescaled_and_counted(synthetic, tmp_path, size_mismatch):
+def test_an_image_not_of_its_declared_size_is_skipped_or_rescaled_and_counted(
+    synthetic, tmp_path, size_mismatch
+):
     data, first, small = _resized_copy(synthetic, tmp_path)
     dm = helpers.datamodule(data, size_mismatch=size_mismatch)
     dm.prepare_data()
@@ -238,8 +261,13 @@ def test_an_image_not_of_its_declared_size_is_skipped_or_rescaled_and_counted(sy
     batch = Collator(dm.processor)(items)
     declared = f"{first['width']}x{first['height']}"
     if size_mismatch == "skip":
-        assert batch["size"] == 0 and [e["reason"] for e in batch["skipped"]] == ["size_mismatch"] * len(indices)
-        assert f"the file is {small[0]}x{small[1]} but its record declares {declared}" in batch["skipped"][0]["message"]
+        assert batch["size"] == 0 and [e["reason"] for e in batch["skipped"]] == ["size_mismatch"] * len(
+            indices
+        )
+        assert (
+            f"the file is {small[0]}x{small[1]} but its record declares {declared}"
+            in batch["skipped"][0]["message"]
+        )
     else:
         # Trained as is (locations are relative, so they fall on the same places of the smaller file), reported
         # with the file's size, and counted as rewritten.
@@ -312,7 +340,9 @@ def test_nonfinite_gradient_step_is_skipped_counted_and_training_goes_on(synthet
     lit = helpers.module()
     trainer.fit(lit, helpers.datamodule(synthetic))
     assert lit.nonfinite_steps == 1 and lit._nonfinite_in_a_row == 0
-    assert all(torch.equal(poison.before[n], poison.after[n]) for n in poison.before), "the poisoned step moved weights"
+    assert all(torch.equal(poison.before[n], poison.after[n]) for n in poison.before), (
+        "the poisoned step moved weights"
+    )
     assert all(torch.isfinite(p).all() for p in lit.model.parameters())
 
 
@@ -341,7 +371,9 @@ def test_truncated_checkpoint_fails_on_load_naming_the_file(tmp_path):
 
 
 def test_checkpoint_with_pickled_code_is_refused(tmp_path):
-    torch.save({"state_dict": {}, "global_step": 1, "payload": Image.new("L", (1, 1))}, tmp_path / "evil.ckpt")
+    torch.save(
+        {"state_dict": {}, "global_step": 1, "payload": Image.new("L", (1, 1))}, tmp_path / "evil.ckpt"
+    )
     with pytest.raises(CheckpointError, match=r"evil.ckpt"):
         AtomicCheckpointIO().load_checkpoint(tmp_path / "evil.ckpt")
 
@@ -349,7 +381,9 @@ def test_checkpoint_with_pickled_code_is_refused(tmp_path):
 def test_auto_resume_falls_back_to_the_previous_good_checkpoint(tmp_path):
     io = AtomicCheckpointIO()
     for step in (3, 6):
-        io.save_checkpoint({"state_dict": {"w": torch.ones(100)}, "global_step": step}, tmp_path / f"step={step}.ckpt")
+        io.save_checkpoint(
+            {"state_dict": {"w": torch.ones(100)}, "global_step": step}, tmp_path / f"step={step}.ckpt"
+        )
     io.save_checkpoint({"state_dict": {"w": torch.ones(100)}, "global_step": 6}, tmp_path / "last.ckpt")
     assert find_resume_checkpoint([tmp_path]).name in ("step=6.ckpt", "last.ckpt")
     for name in ("step=6.ckpt", "last.ckpt"):
@@ -367,7 +401,9 @@ from f2lightning.training.checkpointing import atomic_torch_save
 os.replace = lambda *args: os.kill(os.getpid(), signal.SIGKILL)
 atomic_torch_save({{"state_dict": {{}}, "global_step": 3}}, Path({str(tmp_path / "ckpt" / "last.ckpt")!r}))
 """
-    done = subprocess.run([sys.executable, "-c", child], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    done = subprocess.run(
+        [sys.executable, "-c", child], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}
+    )
     assert done.returncode == -signal.SIGKILL
     left = list((tmp_path / "ckpt").iterdir())
     assert len(left) == 1 and left[0].name.startswith(".last.ckpt.") and left[0].suffix == ".tmp"
@@ -384,15 +420,28 @@ def test_cli_rejects_contradictory_config_at_startup_with_one_message(tmp_path):
     from f2lightning.training.cli import main
 
     data = tmp_path / "not_yet_written"
-    args = ["fit", f"--data.synthetic_dir={data}", "--data.image_size=64", "--data.max_prompt_length=600",
-            "--data.tasks=[<CAPTION>, <OD>]", '--data.task_weights={"<CAPTION>": 1, "<OD>": 0}',
-            "--model.freeze_vision_stages=7", f"--ckpt_path={tmp_path / 'gone.ckpt'}",
-            "--trainer.accelerator=cpu", "--trainer.logger=false", f"--trainer.default_root_dir={tmp_path}"]
+    args = [
+        "fit",
+        f"--data.synthetic_dir={data}",
+        "--data.image_size=64",
+        "--data.max_prompt_length=600",
+        "--data.tasks=[<CAPTION>, <OD>]",
+        '--data.task_weights={"<CAPTION>": 1, "<OD>": 0}',
+        "--model.freeze_vision_stages=7",
+        f"--ckpt_path={tmp_path / 'gone.ckpt'}",
+        "--trainer.accelerator=cpu",
+        "--trainer.logger=false",
+        f"--trainer.default_root_dir={tmp_path}",
+    ]
     with pytest.raises(ConfigError) as error:
         main(args)
     message = str(error.value)
-    for expected in ("freeze_vision_stages=7 is out of range", "task_weights must be positive", "max_prompt_length 600",
-                     "gone.ckpt does not exist"):
+    for expected in (
+        "freeze_vision_stages=7 is out of range",
+        "task_weights must be positive",
+        "max_prompt_length 600",
+        "gone.ckpt does not exist",
+    ):
         assert expected in message
     assert not data.exists(), "data was touched before the configuration was checked"
 
@@ -400,23 +449,66 @@ def test_cli_rejects_contradictory_config_at_startup_with_one_message(tmp_path):
 @pytest.mark.parametrize(
     ("model", "data", "expected"),
     [
-        ({"preset": "tiny"}, {"synthetic_dir": "x", "tasks": ["<OD>", "<WHAT>"]}, r"unknown task\(s\) \['<WHAT>'\]"),
+        (
+            {"preset": "tiny"},
+            {"synthetic_dir": "x", "tasks": ["<OD>", "<WHAT>"]},
+            r"unknown task\(s\) \['<WHAT>'\]",
+        ),
         ({"preset": "tiny"}, {"synthetic_dir": "x", "image_size": 100}, "multiple of 32"),
         ({"preset": "tiny"}, {"synthetic_dir": "x", "task_weights": {"<OD>": -1.0}}, "positive"),
-        ({"preset": "tiny", "pretrained": "/no/such/model"}, None, "pretrained /no/such/model does not exist"),
+        (
+            {"preset": "tiny", "pretrained": "/no/such/model"},
+            None,
+            "pretrained /no/such/model does not exist",
+        ),
         ({"preset": "huge"}, None, "unknown preset"),
-        ({"preset": "tiny"}, {"train_files": ["/no/train.jsonl"], "tokenizer": "/no/tok"}, "/no/train.jsonl does not exist"),
-        ({"preset": "tiny", "vision_lr_scale": 0}, None, "vision_lr_scale must be a positive number.*freeze_vision"),
-        ({"preset": "tiny", "hold_encoders_steps": -5}, None, "hold_encoders_steps must be a whole number >= 0, got -5"),
-        ({"preset": "tiny"}, {"synthetic_dir": "x", "tasks": ["<OD>"], "warmup_task_weights": {"<CAPTION>": 1},
-                              "warmup_task_steps": 10}, r"warmup_task_weights name tasks that are not trained on: \['<CAPTION>'\]"),
+        (
+            {"preset": "tiny"},
+            {"train_files": ["/no/train.jsonl"], "tokenizer": "/no/tok"},
+            "/no/train.jsonl does not exist",
+        ),
+        (
+            {"preset": "tiny", "vision_lr_scale": 0},
+            None,
+            "vision_lr_scale must be a positive number.*freeze_vision",
+        ),
+        (
+            {"preset": "tiny", "hold_encoders_steps": -5},
+            None,
+            "hold_encoders_steps must be a whole number >= 0, got -5",
+        ),
+        (
+            {"preset": "tiny"},
+            {
+                "synthetic_dir": "x",
+                "tasks": ["<OD>"],
+                "warmup_task_weights": {"<CAPTION>": 1},
+                "warmup_task_steps": 10,
+            },
+            r"warmup_task_weights name tasks that are not trained on: \['<CAPTION>'\]",
+        ),
         ({"preset": "tiny"}, {"synthetic_dir": "x", "warmup_task_steps": 10}, "give both or neither"),
-        ({"preset": "tiny"}, {"synthetic_dir": "x", "warmup_task_weights": {"<OD>": 1}}, "give both or neither"),
+        (
+            {"preset": "tiny"},
+            {"synthetic_dir": "x", "warmup_task_weights": {"<OD>": 1}},
+            "give both or neither",
+        ),
         ({"preset": "tiny"}, {"synthetic_dir": "x", "warmup_task_weights": {"<OD>": 0}}, "one positive"),
     ],
-    ids=["unknown-task", "image-size", "weights", "pretrained-missing", "preset", "files-missing", "vision-lr-scale",
-         "hold-encoders", "warmup-tasks", "warmup-no-weights", "warmup-no-steps",
-         "warmup-all-zero"],
+    ids=[
+        "unknown-task",
+        "image-size",
+        "weights",
+        "pretrained-missing",
+        "preset",
+        "files-missing",
+        "vision-lr-scale",
+        "hold-encoders",
+        "warmup-tasks",
+        "warmup-no-weights",
+        "warmup-no-steps",
+        "warmup-all-zero",
+    ],
 )
 def test_config_validation_names_the_problem(model, data, expected):
     with pytest.raises(ConfigError, match=expected):

@@ -38,8 +38,14 @@ def _run(config: Path) -> None:
 
 def _run_until_killed(config: Path, run: Path, kill_at: int) -> None:
     """Start the run in its own process group; SIGKILL the whole group (DDP children too) at step `kill_at`."""
-    proc = subprocess.Popen(_command(config), cwd=ROOT, env=ENV, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _command(config),
+        cwd=ROOT,
+        env=ENV,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 600
     try:
         while time.monotonic() < deadline:
@@ -69,7 +75,9 @@ def _corrupt_newest(checkpoints: Path) -> int:
     return steps[-2]
 
 
-def _check_resumed(straight: Path, crashed: Path, devices: int, attempts: int, resume_step: int | None = None) -> None:
+def _check_resumed(
+    straight: Path, crashed: Path, devices: int, attempts: int, resume_step: int | None = None
+) -> None:
     for rank in range(devices):
         reference = read_trail(straight / f"seen.rank{rank}.jsonl")
         trails = [read_trail(crashed / f"attempt{i}.rank{rank}.jsonl") for i in range(attempts)]
@@ -88,8 +96,9 @@ def _check_resumed(straight: Path, crashed: Path, devices: int, attempts: int, r
         assert torch.allclose(a[name], b[name], atol=1e-6), name
 
 
-def _crash_and_restart(tmp_path: Path, synthetic: Path, devices: int, kills: tuple[int, ...], corrupt: bool,
-                       **config) -> None:
+def _crash_and_restart(
+    tmp_path: Path, synthetic: Path, devices: int, kills: tuple[int, ...], corrupt: bool, **config
+) -> None:
     straight, crashed = tmp_path / "straight", tmp_path / "crashed"
     _run(write_config(straight, synthetic, devices, **config))
     run_config = write_config(crashed, synthetic, devices, **config)
@@ -110,7 +119,9 @@ def test_sigkill_late_in_epochs_twice_then_same_command_resumes_exactly(syntheti
     # Epochs of 8 batches, a checkpoint every 3 steps, 20 steps: killed one batch before the end of epoch 0 and
     # again one before the end of epoch 1, the run must still train 8-batch epochs and end where the uninterrupted
     # run ends. The first restart also finds its newest checkpoints truncated and falls back to the previous one.
-    _crash_and_restart(tmp_path, synthetic, devices=1, kills=(7, 15), corrupt=True, max_steps=20, epoch_length=32)
+    _crash_and_restart(
+        tmp_path, synthetic, devices=1, kills=(7, 15), corrupt=True, max_steps=20, epoch_length=32
+    )
 
 
 @pytest.mark.slow

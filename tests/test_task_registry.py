@@ -39,7 +39,9 @@ def shape_boxes(record: Record) -> list[TaskAnnotation]:
 
 @pytest.fixture
 def shape_task():
-    task = register_task(Task(TOKEN, "Locate the shapes in the image.", 64, True, "boxes", producer=shape_boxes))
+    task = register_task(
+        Task(TOKEN, "Locate the shapes in the image.", 64, True, "boxes", producer=shape_boxes)
+    )
     yield task
     unregister_task(task)  # other tests see the built-in registry only
 
@@ -54,7 +56,9 @@ def test_a_registered_task_joins_the_registry_order_and_leaves_it(shape_task):
 
 
 def test_expand_uses_the_registered_producer(shape_task):
-    record = Record("img.png", 100, 50, regions=[Region([10, 10, 50, 40], "dog"), Region([60, 5, 90, 45], "cat")])
+    record = Record(
+        "img.png", 100, 50, regions=[Region([10, 10, 50, 40], "dog"), Region([60, 5, 90, 45], "cat")]
+    )
     (sample,) = expand(record, [TOKEN])
     assert sample.prompt == "Locate the shapes in the image."
     assert parse(TOKEN, sample.target, (100, 50))["labels"] == ["shape", "shape"]
@@ -86,7 +90,9 @@ def test_a_new_location_task_trains_validates_and_parses(shape_task, tmp_path):
 
     sample = next(s for s in dm.val_dataset.flat if s.task == TOKEN)
     parsed = shape_task.parse(sample.target, sample.image_size)
-    assert parsed["labels"] and set(parsed["labels"]) == {"shape"} and all(len(b) == 4 for b in parsed["bboxes"])
+    assert (
+        parsed["labels"] and set(parsed["labels"]) == {"shape"} and all(len(b) == 4 for b in parsed["bboxes"])
+    )
     assert parse(TOKEN, "shape<loc_0><loc_0><loc_999><loc_999>", (100, 50)) == {
         "bboxes": [pytest.approx([0.05, 0.025, 99.95, 49.975])], "labels": ["shape"],
     }  # fmt: skip
@@ -100,7 +106,9 @@ def test_the_validation_metric_follows_the_output_format(shape_task):
 
 
 def test_unknown_tasks_are_refused_in_one_place_naming_the_known_ones(shape_task, tmp_path):
-    with pytest.raises(UnknownTaskError, match=r"unknown task\(s\) \['<A>', 'b'\]; known tasks: .*<SHAPE_BOX>"):
+    with pytest.raises(
+        UnknownTaskError, match=r"unknown task\(s\) \['<A>', 'b'\]; known tasks: .*<SHAPE_BOX>"
+    ):
         task_tokens(["<OD>", "b", "<A>"])
     assert task_tokens(["object_detection", TOKEN, shape_task]) == ["<OD>", TOKEN, TOKEN]
     # the datamodule's refusal is the registry's (a ValueError to configuration code, a KeyError to lookups)
@@ -108,5 +116,7 @@ def test_unknown_tasks_are_refused_in_one_place_naming_the_known_ones(shape_task
         Florence2DataModule(synthetic_dir=str(tmp_path / "never"), tasks=["<A>"])
     with pytest.raises(KeyError, match="<SHAPE_BOX>"):
         get_task("<A>")
-    dm = Florence2DataModule(synthetic_dir=str(tmp_path / "never"), tasks=["shape_box"], task_weights={"object_detection": 1})
+    dm = Florence2DataModule(
+        synthetic_dir=str(tmp_path / "never"), tasks=["shape_box"], task_weights={"object_detection": 1}
+    )
     assert (dm.tasks, dm.task_weights) == ([TOKEN], {"<OD>": 1})

@@ -61,7 +61,9 @@ def test_each_task_uses_all_its_samples_before_repeating():
 def test_ranks_get_disjoint_streams_covering_the_global_one():
     sizes, weights = {"a": 30, "b": 30}, {"a": 1.0, "b": 2.0}
     whole = MixedTaskSampler(sizes, weights, epoch_length=60, seed=1).global_stream()
-    ranks = [list(MixedTaskSampler(sizes, weights, epoch_length=60, seed=1, rank=r, world_size=2)) for r in (0, 1)]
+    ranks = [
+        list(MixedTaskSampler(sizes, weights, epoch_length=60, seed=1, rank=r, world_size=2)) for r in (0, 1)
+    ]
     positions = [list(range(r, 60, 2)) for r in (0, 1)]
     assert [[whole[p] for p in pos] for pos in positions] == ranks
     assert len(ranks[0]) == len(ranks[1]) == 30
@@ -114,9 +116,24 @@ def test_same_image_runs_keep_the_task_mix_and_share_images_where_they_can():
     possible = [(images[first] in images[30:]) if second >= 30 else first >= 30 for first, second in pairs]
     assert shared == possible and sum(shared) > 40
     # Each rank gets whole runs; the ranks cover the stream once.
-    ranks = [list(MixedTaskSampler(sizes, weights, epoch_length=400, seed=2, rank=r, world_size=2,
-                                   tasks_per_image=2, image_keys=images)) for r in (0, 1)]
-    assert ranks[0] == [i for pair in pairs[0::2] for i in pair] and ranks[1] == [i for pair in pairs[1::2] for i in pair]
+    ranks = [
+        list(
+            MixedTaskSampler(
+                sizes,
+                weights,
+                epoch_length=400,
+                seed=2,
+                rank=r,
+                world_size=2,
+                tasks_per_image=2,
+                image_keys=images,
+            )
+        )
+        for r in (0, 1)
+    ]
+    assert ranks[0] == [i for pair in pairs[0::2] for i in pair] and ranks[1] == [
+        i for pair in pairs[1::2] for i in pair
+    ]
 
 
 def test_length_bucketing_moves_same_image_runs_as_one():
@@ -184,8 +201,19 @@ def test_samples_sharing_an_image_give_the_loss_and_gradients_of_one_copy_each(s
 def test_task_warmup_draws_its_own_mix_first_then_the_configured_one():
     sizes = {"a": 50, "b": 50}
     # 25 warm-up samples over 2 ranks, epochs of 20: the warm-up spans epoch 0 and the first 5 draws of epoch 1.
-    samplers = [MixedTaskSampler(sizes, {"a": 1.0, "b": 1.0}, epoch_length=20, seed=0, rank=r, world_size=2,
-                                 warmup_weights={"a": 1.0}, warmup_length=25) for r in (0, 1)]
+    samplers = [
+        MixedTaskSampler(
+            sizes,
+            {"a": 1.0, "b": 1.0},
+            epoch_length=20,
+            seed=0,
+            rank=r,
+            world_size=2,
+            warmup_weights={"a": 1.0},
+            warmup_length=25,
+        )
+        for r in (0, 1)
+    ]
     streams = []
     for epoch in (0, 1, 2):
         for sampler in samplers:
@@ -225,7 +253,9 @@ def test_frozen_weights_stay_bit_identical_after_adamw_step(freeze):
     assert frozen and trainable
     optimizer = build_optimizer(model, lr=1e-2, weight_decay=0.5)
     # Even a hand-made gradient on a frozen weight must not move it: AdamW never sees frozen parameters.
-    out = model(torch.randn(2, 3, 64, 64), torch.randint(5, 300, (2, 6)), labels=torch.randint(5, 300, (2, 5)))
+    out = model(
+        torch.randn(2, 3, 64, 64), torch.randint(5, 300, (2, 6)), labels=torch.randint(5, 300, (2, 5))
+    )
     out.loss.backward()
     optimizer.step()
     for name, param in model.named_parameters():
@@ -245,7 +275,9 @@ def test_vision_lr_scale_slows_only_the_image_encoder():
     grouped = [p for group in optimizer.param_groups for p in group["params"]]
     assert len(grouped) == len(set(map(id, grouped))) == len(list(model.parameters()))
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    out = model(torch.randn(2, 3, 64, 64), torch.randint(5, 300, (2, 6)), labels=torch.randint(5, 300, (2, 5)))
+    out = model(
+        torch.randn(2, 3, 64, 64), torch.randint(5, 300, (2, 6)), labels=torch.randint(5, 300, (2, 5))
+    )
     out.loss.backward()
     optimizer.step()
     # Adam's first step moves every parameter with a gradient by about its learning rate.
@@ -254,7 +286,6 @@ def test_vision_lr_scale_slows_only_the_image_encoder():
     language = [v for n, v in steps.items() if n.startswith("language_model.")]
     assert max(vision) == pytest.approx(1e-4, rel=0.01)
     assert max(language) == pytest.approx(1e-3, rel=0.01)
-
 
 
 def test_hold_encoders_steps_keeps_the_encoders_fixed_then_trains_them(synthetic, tmp_path):
@@ -275,17 +306,20 @@ def test_hold_encoders_steps_keeps_the_encoders_fixed_then_trains_them(synthetic
         def on_train_start(self, trainer, pl_module):
             before.update({n: p.detach().clone() for n, p in pl_module.model.named_parameters()})
 
-    helpers.trainer(tmp_path, max_steps=3, callbacks=[Initial(), snapshots]).fit(module, helpers.datamodule(synthetic))
+    helpers.trainer(tmp_path, max_steps=3, callbacks=[Initial(), snapshots]).fit(
+        module, helpers.datamodule(synthetic)
+    )
     encoder = [n for n in before if n.startswith(ENCODER_PREFIXES)]
     others = [n for n in before if not n.startswith(ENCODER_PREFIXES)]
-    assert any(n.startswith("vision_tower.") for n in encoder) and any(".encoder.layers." in n for n in encoder)
+    assert any(n.startswith("vision_tower.") for n in encoder) and any(
+        ".encoder.layers." in n for n in encoder
+    )
     assert "language_model.model.shared.weight" in others  # the shared embedding is the decoder's too
     first, second, third = snapshots.weights
     for name in encoder:
         assert torch.equal(first[name], before[name]) and torch.equal(second[name], before[name]), name
     assert sum(not torch.equal(third[n], before[n]) for n in encoder) > 0.9 * len(encoder)
     assert sum(not torch.equal(first[n], before[n]) for n in others) > 0.9 * len(others)
-
 
 
 def test_bf16_mixed_runs_the_model_in_bf16_and_updates_fp32_weights(synthetic, tmp_path):
@@ -312,14 +346,15 @@ def test_bf16_mixed_runs_the_model_in_bf16_and_updates_fp32_weights(synthetic, t
 
 def test_hold_encoders_for_the_whole_run_is_an_error(synthetic, tmp_path):
     with pytest.raises(ValueError, match="hold_encoders_steps=3 is not below the run's 3 optimizer steps"):
-        helpers.trainer(tmp_path, max_steps=3).fit(helpers.module(hold_encoders_steps=3), helpers.datamodule(synthetic))
+        helpers.trainer(tmp_path, max_steps=3).fit(
+            helpers.module(hold_encoders_steps=3), helpers.datamodule(synthetic)
+        )
 
 
 def test_freeze_rejects_stage_out_of_range():
     model = Florence2(Florence2Config.preset("tiny", image_size=64))
     with pytest.raises(ValueError, match=r"0\.\.4"):
         model.freeze(vision_stages=5)
-
 
 
 @pytest.mark.parametrize("option", ["activation_checkpointing", "compile"])
@@ -338,7 +373,9 @@ def test_speed_options_compute_the_same_loss_and_gradients(synthetic, option):
         module.train()
         loss, _ = module(batch)
         loss.backward()
-        runs.append((module, loss.detach(), {n: p.grad for n, p in module.named_parameters() if p.requires_grad}))
+        runs.append(
+            (module, loss.detach(), {n: p.grad for n, p in module.named_parameters() if p.requires_grad})
+        )
     (plain, plain_loss, plain_grads), (fast, fast_loss, fast_grads) = runs
     if option == "compile":
         assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1
@@ -381,22 +418,37 @@ def test_exact_resume_late_in_epochs_twice_past_two_epoch_ends(synthetic, tmp_pa
     steps, stops = 14, (5, 11)
 
     def data():  # the captions-first warm-up runs past the first resume point; same-image runs of two
-        return helpers.datamodule(synthetic, epoch_length=24, warmup_task_weights={"<CAPTION>": 1},
-                                  warmup_task_steps=6, tasks_per_image=2)
+        return helpers.datamodule(
+            synthetic,
+            epoch_length=24,
+            warmup_task_weights={"<CAPTION>": 1},
+            warmup_task_steps=6,
+            tasks_per_image=2,
+        )
 
     L.seed_everything(0)
     straight_lit, straight_seen = helpers.module(), RecordIndices()
     straight = helpers.trainer(tmp_path / "a", steps, callbacks=[straight_seen])
     straight.fit(straight_lit, data())
-    assert [batch[0] for batch in straight_seen.seen] == [0] * 6 + [1] * 6 + [2] * 2  # the epoch of each batch
+    assert [batch[0] for batch in straight_seen.seen] == [0] * 6 + [1] * 6 + [
+        2
+    ] * 2  # the epoch of each batch
 
     seen, saved = [], None
     for attempt, stop in enumerate((*stops, steps)):
-        L.seed_everything(123 * attempt)  # the same initial weights; resuming must not depend on the RNG state
+        L.seed_everything(
+            123 * attempt
+        )  # the same initial weights; resuming must not depend on the RNG state
         lit, recorder = helpers.module(), RecordIndices()
-        checkpoint = ModelCheckpoint(dirpath=tmp_path / f"ckpt{attempt}", every_n_train_steps=stop, save_top_k=-1)
-        run = helpers.trainer(tmp_path / f"run{attempt}", steps, callbacks=[checkpoint, recorder, StopAt(stop)],
-                              enable_checkpointing=True)
+        checkpoint = ModelCheckpoint(
+            dirpath=tmp_path / f"ckpt{attempt}", every_n_train_steps=stop, save_top_k=-1
+        )
+        run = helpers.trainer(
+            tmp_path / f"run{attempt}",
+            steps,
+            callbacks=[checkpoint, recorder, StopAt(stop)],
+            enable_checkpointing=True,
+        )
         run.fit(lit, data(), ckpt_path=saved)
         assert run.global_step == stop
         seen += recorder.seen
@@ -405,7 +457,9 @@ def test_exact_resume_late_in_epochs_twice_past_two_epoch_ends(synthetic, tmp_pa
     assert seen == straight_seen.seen
     assert not [w for w in recwarn if "not resumable" in str(w.message)]  # the datamodule resumes the loader
     assert _lr(run) == pytest.approx(_lr(straight), rel=1e-9)
-    for (name, a), b in zip(straight_lit.model.state_dict().items(), lit.model.state_dict().values(), strict=True):
+    for (name, a), b in zip(
+        straight_lit.model.state_dict().items(), lit.model.state_dict().values(), strict=True
+    ):
         assert torch.allclose(a, b, atol=1e-6), name
 
 
@@ -413,15 +467,23 @@ def test_exact_resume_late_in_epochs_twice_past_two_epoch_ends(synthetic, tmp_pa
 def run_training_script(synthetic, *args: str) -> None:
     """`tests.helpers.training` in its own process(es), one thread per process (DDP ranks share the cores)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "tests.helpers.training", "--data", str(synthetic), *args],
-                   cwd=ROOT, env=env, check=True, timeout=600)
+    subprocess.run(
+        [sys.executable, "-m", "tests.helpers.training", "--data", str(synthetic), *args],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        timeout=600,
+    )
 
 
 @pytest.mark.slow
 def test_ddp_two_processes_match_single_process(synthetic, tmp_path):
-    run_training_script(synthetic, "--steps", "4", "--devices", "2", "--batch-size", "2", "--out", str(tmp_path / "ddp.pt"))
-    run_training_script(synthetic, "--steps", "4", "--devices", "1", "--batch-size", "4",
-                        "--out", str(tmp_path / "single.pt"))
+    run_training_script(
+        synthetic, "--steps", "4", "--devices", "2", "--batch-size", "2", "--out", str(tmp_path / "ddp.pt")
+    )
+    run_training_script(
+        synthetic, "--steps", "4", "--devices", "1", "--batch-size", "4", "--out", str(tmp_path / "single.pt")
+    )
     rank0 = json.loads((tmp_path / "ddp.pt.rank0.json").read_text())
     rank1 = json.loads((tmp_path / "ddp.pt.rank1.json").read_text())
     single = json.loads((tmp_path / "single.pt.rank0.json").read_text())
@@ -448,8 +510,19 @@ def test_ddp_two_processes_match_single_process(synthetic, tmp_path):
 @pytest.mark.slow
 def test_a_gradient_non_finite_on_one_rank_only_skips_the_step_on_every_rank(synthetic, tmp_path):
     # As under FSDP, where each rank holds a different shard of the gradients.
-    run_training_script(synthetic, "--steps", "3", "--devices", "2", "--batch-size", "2", "--poison-rank", "1",
-                        "--out", str(tmp_path / "ddp.pt"))
+    run_training_script(
+        synthetic,
+        "--steps",
+        "3",
+        "--devices",
+        "2",
+        "--batch-size",
+        "2",
+        "--poison-rank",
+        "1",
+        "--out",
+        str(tmp_path / "ddp.pt"),
+    )
     rank0, rank1 = (torch.load(tmp_path / f"ddp.pt.rank{rank}.pt") for rank in (0, 1))
     assert rank0["nonfinite_steps"] == rank1["nonfinite_steps"] == 1
     for name, weight in rank0["state"].items():

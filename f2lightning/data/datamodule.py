@@ -105,7 +105,9 @@ class Florence2DataModule(L.LightningDataModule):
         if warmup_task_steps and streaming_dir is not None:
             raise ValueError("warmup_task_steps applies to record files, not to streaming_dir")
         if tasks_per_image < 1 or batch_size % tasks_per_image:
-            raise ValueError(f"batch_size {batch_size} must be a positive multiple of tasks_per_image {tasks_per_image}")
+            raise ValueError(
+                f"batch_size {batch_size} must be a positive multiple of tasks_per_image {tasks_per_image}"
+            )
         # Tasks as tokens from here on (the registry refuses unknown ones, naming the known tasks).
         self.tasks = task_tokens(tasks) if tasks else None
         self.task_weights = _by_token(task_weights)
@@ -130,7 +132,9 @@ class Florence2DataModule(L.LightningDataModule):
         if not self.tokenizer_path.exists():
             if synthetic_dir is None:
                 raise FileNotFoundError(f"tokenizer directory {self.tokenizer_path} does not exist")
-            train_tokenizer_on_records(self.train_files, self.tokenizer_path, self.hparams.tokenizer_vocab_size)
+            train_tokenizer_on_records(
+                self.train_files, self.tokenizer_path, self.hparams.tokenizer_vocab_size
+            )
 
     # ------------------------------------------------------------------ setup (every rank)
     def setup(self, stage: str | None = None) -> None:
@@ -166,7 +170,9 @@ class Florence2DataModule(L.LightningDataModule):
         records = [
             record
             for file in files
-            for record in read_records(file, self.hparams.on_bad_sample, check_images=True, report=self.skip_report)
+            for record in read_records(
+                file, self.hparams.on_bad_sample, check_images=True, report=self.skip_report
+            )
         ]
         if max_images is not None and max_images < len(records):
             keep = sorted(random.Random(self.hparams.seed).sample(range(len(records)), max_images))
@@ -192,15 +198,30 @@ class Florence2DataModule(L.LightningDataModule):
         if hp.streaming_dir is not None:  # litdata splits the stream across ranks and workers itself
             from f2lightning.data.streaming import build_stream, streaming_loader
 
-            stream = build_stream(hp.streaming_dir, self.processor, self.tasks, self.task_weights, hp.seed,
-                                  hp.on_bad_sample, hp.tasks_per_image, hp.size_mismatch)
+            stream = build_stream(
+                hp.streaming_dir,
+                self.processor,
+                self.tasks,
+                self.task_weights,
+                hp.seed,
+                hp.on_bad_sample,
+                hp.tasks_per_image,
+                hp.size_mismatch,
+            )
             return streaming_loader(stream, self.processor, hp.batch_size, hp.num_workers)
         rank, world_size = self._rank()
         dataset = self.train_dataset
         sampler = MixedTaskSampler(
-            dataset.task_sizes, self.task_weights, hp.epoch_length, hp.seed, rank, world_size,
-            warmup_weights=self.warmup_task_weights, warmup_length=hp.warmup_task_steps * hp.batch_size * world_size,
-            tasks_per_image=hp.tasks_per_image, image_keys=[sample.image_path for sample in dataset.flat],
+            dataset.task_sizes,
+            self.task_weights,
+            hp.epoch_length,
+            hp.seed,
+            rank,
+            world_size,
+            warmup_weights=self.warmup_task_weights,
+            warmup_length=hp.warmup_task_steps * hp.batch_size * world_size,
+            tasks_per_image=hp.tasks_per_image,
+            image_keys=[sample.image_path for sample in dataset.flat],
         )
         lengths = [len(sample.target) for sample in dataset.flat] if hp.bucket_batches > 1 else None
         self._train_batches = ResumableBatchSampler(sampler, hp.batch_size, lengths, hp.bucket_batches)
@@ -217,7 +238,9 @@ class Florence2DataModule(L.LightningDataModule):
         # Single-task batches: generation settings (output length, n-gram blocking) are per task.
         batches, start = [], 0
         for count in self.val_dataset.task_sizes.values():
-            batches += [list(range(i, min(i + size, start + count))) for i in range(start, start + count, size)]
+            batches += [
+                list(range(i, min(i + size, start + count))) for i in range(start, start + count, size)
+            ]
             start += count
         return self._loader(self.val_dataset, batches[rank::world_size])
 
@@ -249,7 +272,9 @@ class Florence2DataModule(L.LightningDataModule):
             self._resume = {"epoch": state["epoch"], "batches_done": state["batches_done"]}
             # Lightning warns "your dataloader is not resumable" for any mid-epoch resume of a loader without its own
             # `state_dict`; this loader resumes exactly through the state above, so the warning would only mislead.
-            warnings.filterwarnings("ignore", message=".*your dataloader is not resumable", category=PossibleUserWarning)
+            warnings.filterwarnings(
+                "ignore", message=".*your dataloader is not resumable", category=PossibleUserWarning
+            )
 
 
 def _by_token(weights: dict[str, float] | None) -> dict[str, float] | None:
@@ -265,10 +290,15 @@ def train_tokenizer_on_records(files: list[str], out_dir: Path, vocab_size: int)
         for record in read_records(file, "skip"):
             for sample in expand(record):
                 # Location and structure tokens are added whole; BPE merges spent on them would be wasted.
-                texts += [ADDED_TOKEN_PATTERN.sub(" ", sample.prompt), ADDED_TOKEN_PATTERN.sub(" ", sample.target)]
+                texts += [
+                    ADDED_TOKEN_PATTERN.sub(" ", sample.prompt),
+                    ADDED_TOKEN_PATTERN.sub(" ", sample.target),
+                ]
     tokenizer = train_tokenizer(texts, vocab_size=vocab_size)
     tokenizer.save_pretrained(out_dir)
-    (Path(out_dir) / "f2lightning_tokenizer.json").write_text(json.dumps({"trained_on": files, "vocab_size": vocab_size}))
+    (Path(out_dir) / "f2lightning_tokenizer.json").write_text(
+        json.dumps({"trained_on": files, "vocab_size": vocab_size})
+    )
     log.info("trained a %d-token tokenizer on %d texts -> %s", len(tokenizer), len(texts), out_dir)
     return Path(out_dir)
 

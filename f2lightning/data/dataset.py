@@ -33,7 +33,9 @@ def fit_declared_size(
     declared = (int(declared[0]), int(declared[1]))
     if tuple(actual) == declared:
         return declared, None
-    message = f"{name}: the file is {actual[0]}x{actual[1]} but its record declares {declared[0]}x{declared[1]}"
+    message = (
+        f"{name}: the file is {actual[0]}x{actual[1]} but its record declares {declared[0]}x{declared[1]}"
+    )
     if size_mismatch == "skip":
         raise BadImageError(f"{message} (data.size_mismatch: rescale trusts the file)", "size_mismatch")
     return (int(actual[0]), int(actual[1])), {"reason": "size_mismatch_rescaled", "message": message}
@@ -76,7 +78,9 @@ class MultitaskDataset(Dataset):
         decoded: dict[str, tuple[torch.Tensor, tuple[int, int]] | BadImageError] = {}
         return [self._item(index, decoded) for index in indices]
 
-    def _item(self, index: int, decoded: dict[str, tuple[torch.Tensor, tuple[int, int]] | BadImageError]) -> dict[str, Any]:
+    def _item(
+        self, index: int, decoded: dict[str, tuple[torch.Tensor, tuple[int, int]] | BadImageError]
+    ) -> dict[str, Any]:
         sample = self.flat[index]
         if sample.image_path not in decoded:
             try:
@@ -91,7 +95,9 @@ class MultitaskDataset(Dataset):
             if isinstance(image, BadImageError):
                 raise image
             pixels, actual = image
-            image_size, rewrite = fit_declared_size(actual, sample.image_size, sample.image_path, self.size_mismatch)
+            image_size, rewrite = fit_declared_size(
+                actual, sample.image_size, sample.image_path, self.size_mismatch
+            )
         except BadImageError as error:
             if self.on_bad_sample == "raise":
                 raise

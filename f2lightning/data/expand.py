@@ -36,7 +36,9 @@ def task_annotations(record: Record, tasks: Iterable[str] | None = None) -> list
     or names) when given."""
     wanted = set(TASKS if tasks is None else task_tokens(tasks))
     # Each producer runs once, in registry order; a task keeps only what its own producer yields for it.
-    producers = dict.fromkeys(task.producer for task in TASKS.values() if task.token in wanted and task.producer)
+    producers = dict.fromkeys(
+        task.producer for task in TASKS.values() if task.token in wanted and task.producer
+    )
     return [
         a
         for producer in producers

@@ -65,9 +65,15 @@ class MixedTaskSampler(Sampler[int]):
             outside = sorted(set(warmup_weights) - set(self.tasks))
             if outside:
                 raise ValueError(f"warm-up weights name tasks that are not trained on: {outside}")
-            if not all(w >= 0 for w in warmup_weights.values()) or not any(w > 0 for w in warmup_weights.values()):
-                raise ValueError(f"warm-up weights must be non-negative with one positive, got {dict(warmup_weights)}")
-            self.warmup_weights = torch.tensor([float(warmup_weights.get(t, 0)) for t in self.tasks], dtype=torch.double)
+            if not all(w >= 0 for w in warmup_weights.values()) or not any(
+                w > 0 for w in warmup_weights.values()
+            ):
+                raise ValueError(
+                    f"warm-up weights must be non-negative with one positive, got {dict(warmup_weights)}"
+                )
+            self.warmup_weights = torch.tensor(
+                [float(warmup_weights.get(t, 0)) for t in self.tasks], dtype=torch.double
+            )
         self.epoch_length = epoch_length or sum(self.sizes)
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world size {world_size}")
@@ -76,7 +82,9 @@ class MixedTaskSampler(Sampler[int]):
         if tasks_per_image < 1:
             raise ValueError(f"tasks_per_image must be >= 1, got {tasks_per_image}")
         if tasks_per_image > 1 and image_keys is None:
-            raise ValueError(f"tasks_per_image={tasks_per_image} needs image_keys (the image of every dataset index)")
+            raise ValueError(
+                f"tasks_per_image={tasks_per_image} needs image_keys (the image of every dataset index)"
+            )
         self.tasks_per_image, self.image_keys = tasks_per_image, image_keys
         # Per task: image → the task's local indices that show it.
         self.by_image: list[dict[Hashable, list[int]]] = []
@@ -114,7 +122,9 @@ class MixedTaskSampler(Sampler[int]):
         for position, task in enumerate(choices):
             if position % self.tasks_per_image:  # inside a run: another question about the run's image
                 run = stream[position - position % self.tasks_per_image :]
-                same = [i for i in self.by_image[task].get(run_image, ()) if self.offsets[task] + i not in run]
+                same = [
+                    i for i in self.by_image[task].get(run_image, ()) if self.offsets[task] + i not in run
+                ]
                 if same:
                     pick = int(torch.randint(len(same), (1,), generator=generator))
                     stream.append(self.offsets[task] + same[pick])
@@ -130,7 +140,10 @@ class MixedTaskSampler(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         stream, run = self.global_stream(), self.tasks_per_image
         # Deal whole runs round-robin (one sample per run when tasks_per_image=1).
-        runs = [stream[start : start + run] for start in range(self.rank * run, len(stream), self.world_size * run)]
+        runs = [
+            stream[start : start + run]
+            for start in range(self.rank * run, len(stream), self.world_size * run)
+        ]
         yield from [index for indices in runs for index in indices][: len(self)]
 
 

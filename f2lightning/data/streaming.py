@@ -63,8 +63,11 @@ class _ImageSamples:
 
 def _image_fields(job: _ImageSamples) -> dict[str, Any]:
     # The name as bytes: litdata embeds (and decodes on reading) any string that names an existing image file.
-    return {"image": Path(job.image_path).read_bytes(), "image_name": job.image_path.encode(),
-            "image_size": job.image_size}
+    return {
+        "image": Path(job.image_path).read_bytes(),
+        "image_name": job.image_path.encode(),
+        "image_size": job.image_size,
+    }
 
 
 def _sample_items(job: _ImageSamples) -> Iterator[dict[str, Any]]:
@@ -135,17 +138,30 @@ def write_shards(
             for sample in found:
                 per_task[sample[0]][image].append(sample)
         for task in (t for t in TASKS if t in per_task):
-            jobs = [_ImageSamples(image, sizes[image], tuple(found)) for image, found in per_task[task].items()]
-            _optimize(_sample_items, jobs, f"{root}/{get_task(task).name}", chunk_bytes, num_workers, overwrite)
+            jobs = [
+                _ImageSamples(image, sizes[image], tuple(found)) for image, found in per_task[task].items()
+            ]
+            _optimize(
+                _sample_items, jobs, f"{root}/{get_task(task).name}", chunk_bytes, num_workers, overwrite
+            )
     return {task: counts[task] for task in TASKS if task in counts}
 
 
-def _optimize(fn, jobs: list[_ImageSamples], output_dir: str, chunk_bytes: str | int, num_workers: int,
-              overwrite: bool) -> None:
+def _optimize(
+    fn, jobs: list[_ImageSamples], output_dir: str, chunk_bytes: str | int, num_workers: int, overwrite: bool
+) -> None:
     # Workers only read files, so fork is safe; spawn would re-import torch in every worker of every task.
     start_method = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
-    optimize(fn=fn, inputs=jobs, output_dir=output_dir, chunk_bytes=chunk_bytes, num_workers=num_workers,
-             mode="overwrite" if overwrite else None, start_method=start_method, verbose=False)
+    optimize(
+        fn=fn,
+        inputs=jobs,
+        output_dir=output_dir,
+        chunk_bytes=chunk_bytes,
+        num_workers=num_workers,
+        mode="overwrite" if overwrite else None,
+        start_method=start_method,
+        verbose=False,
+    )
 
 
 # ---------------------------------------------------------------------------------------- reading
@@ -214,7 +230,9 @@ class _ImageShards(StreamingDataset):
     ) -> None:
         if "://" not in input_dir:
             _check_local_shards(input_dir)
-        refused = {name: _RefusedFormat(name, input_dir) for name in _SERIALIZERS if name not in SAFE_FIELD_FORMATS}
+        refused = {
+            name: _RefusedFormat(name, input_dir) for name in _SERIALIZERS if name not in SAFE_FIELD_FORMATS
+        }
         super().__init__(input_dir, shuffle=True, seed=seed, serializers=refused)
         self.processor = processor
         self.on_bad_sample = on_bad_sample
@@ -241,7 +259,9 @@ class _ImageShards(StreamingDataset):
         image_name = bytes(item["image_name"]).decode()
         try:
             image = load_image_bytes(item["image"], image_name)
-            image_size, rewrite = fit_declared_size(image.size, item["image_size"], image_name, self.size_mismatch)
+            image_size, rewrite = fit_declared_size(
+                image.size, item["image_size"], image_name, self.size_mismatch
+            )
         except BadImageError as error:
             if self.on_bad_sample == "raise":
                 raise
@@ -339,13 +359,20 @@ def task_dirs(streaming_dir: str, tasks: Sequence[str] | None = None) -> dict[st
         if missing:
             raise FileNotFoundError(f"no shards in {missing}; run `f2lightning shard`")
         return dirs
-    found = {get_task(d.name).token: str(d) for d in Path(root).iterdir()
-             if (d / "index.json").is_file() and d.name != BY_IMAGE_DIR}
+    found = {
+        get_task(d.name).token: str(d)
+        for d in Path(root).iterdir()
+        if (d / "index.json").is_file() and d.name != BY_IMAGE_DIR
+    }
     if not found:
         by_image = (Path(root) / BY_IMAGE_DIR / "index.json").is_file()
         raise FileNotFoundError(
             f"no task shards (<task>/index.json) under {streaming_dir}; run `f2lightning shard`"
-            + (" (the shards there were written --by-image: they serve data.tasks_per_image > 1)" if by_image else "")
+            + (
+                " (the shards there were written --by-image: they serve data.tasks_per_image > 1)"
+                if by_image
+                else ""
+            )
         )
     return {t: found[t] for t in TASKS if t in found}
 
@@ -379,7 +406,9 @@ def build_stream(
                 "run `f2lightning shard --by-image`"
             )
         wanted = task_tokens(tasks) if tasks else None
-        return ImageRunStream(images, processor, tasks_per_image, wanted, weights, on_bad_sample, seed, size_mismatch)
+        return ImageRunStream(
+            images, processor, tasks_per_image, wanted, weights, on_bad_sample, seed, size_mismatch
+        )
     dirs = task_dirs(streaming_dir, tasks or list(weights) or None)
     if weights:  # as in MixedTaskSampler: a task without a weight is not drawn
         dirs = {t: d for t, d in dirs.items() if t in weights}
@@ -409,4 +438,12 @@ def streaming_loader(
     )
 
 
-__all__ = ["ImageRunStream", "ShardError", "TaskStream", "build_stream", "streaming_loader", "task_dirs", "write_shards"]
+__all__ = [
+    "ImageRunStream",
+    "ShardError",
+    "TaskStream",
+    "build_stream",
+    "streaming_loader",
+    "task_dirs",
+    "write_shards",
+]

@@ -43,7 +43,9 @@ def _read(source: str | os.PathLike, entries: Any, question: Callable[[dict], Qu
             path, text, size, key = question(entry)
             text = text.strip()
         except (AttributeError, KeyError, TypeError, ValueError) as error:
-            raise ValueError(f"{source}: question {i} is malformed ({type(error).__name__}: {error})") from None
+            raise ValueError(
+                f"{source}: question {i} is malformed ({type(error).__name__}: {error})"
+            ) from None
         size = size or read_image_size(path)
         if size is None:
             unreadable.append(path)

@@ -118,33 +118,43 @@ def check_caption_options(options: Mapping[str, Any]) -> None:
         resolve_caption_tokenizer(tokenizer)
 
 
-def detection_score(samples: Sequence[EvalSample], preds: Sequence[Any], options: Mapping[str, Any]) -> dict[str, float]:
+def detection_score(
+    samples: Sequence[EvalSample], preds: Sequence[Any], options: Mapping[str, Any]
+) -> dict[str, float]:
     metric = DetectionMAP()
     metric.update(list(preds), [s.target for s in samples])
     stats = metric.compute()
     return {"score": _percent(stats["map"]), **{k: _percent(v) for k, v in stats.items() if k != "map"}}
 
 
-def grounding_score(samples: Sequence[EvalSample], preds: Sequence[Any], options: Mapping[str, Any]) -> dict[str, float]:
+def grounding_score(
+    samples: Sequence[EvalSample], preds: Sequence[Any], options: Mapping[str, Any]
+) -> dict[str, float]:
     metric = PhraseGroundingRecall(protocol=options.get("protocol", "any"))
     metric.update(list(preds), [s.target for s in samples])
     return {"score": _percent(metric.compute()["recall_at_1"])}
 
 
-def rec_score(samples: Sequence[EvalSample], preds: Sequence[Any], options: Mapping[str, Any]) -> dict[str, float]:
+def rec_score(
+    samples: Sequence[EvalSample], preds: Sequence[Any], options: Mapping[str, Any]
+) -> dict[str, float]:
     metric = RECAccuracy()
     metric.update(list(preds), [s.target for s in samples])
     return {"score": _percent(metric.compute()["accuracy"])}
 
 
-def res_score(samples: Sequence[EvalSample], preds: Sequence[Any], options: Mapping[str, Any]) -> dict[str, float]:
+def res_score(
+    samples: Sequence[EvalSample], preds: Sequence[Any], options: Mapping[str, Any]
+) -> dict[str, float]:
     metric = ReferringSegmentationIoU()
     metric.update(list(preds), [s.target for s in samples], [s.image_size for s in samples])
     result = metric.compute()
     return {"score": _percent(result["miou"]), "oiou": _percent(result["oiou"])}
 
 
-def vqa_score(samples: Sequence[EvalSample], preds: Sequence[Any], options: Mapping[str, Any]) -> dict[str, float]:
+def vqa_score(
+    samples: Sequence[EvalSample], preds: Sequence[Any], options: Mapping[str, Any]
+) -> dict[str, float]:
     # VQAv2's answers are pre-normalised; TextVQA's and VizWiz's are raw and need the full normalisation.
     metric = VQAAccuracy(normalize_references=options.get("normalize_references", False))
     metric.update(list(preds), [s.target for s in samples])

@@ -12,24 +12,38 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         help="score a checkpoint on benchmark configs (configs/eval/*.yaml) against the paper's numbers",
         description="Evaluate a Florence-2 checkpoint on one or more benchmarks (Tables 4-6 of the paper).",
     )
-    parser.add_argument("-c", "--config", action="append", required=True, help="benchmark config; repeat for several")
     parser.add_argument(
-        "--checkpoint", required=True, help="transformers / Microsoft Florence-2 directory, or an f2lightning .ckpt"
+        "-c", "--config", action="append", required=True, help="benchmark config; repeat for several"
+    )
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        help="transformers / Microsoft Florence-2 directory, or an f2lightning .ckpt",
     )
     parser.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the checkpoint's)")
     parser.add_argument("--data-root", default=".", help="folder the configs' data paths are relative to")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
-    parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto", help="auto: bf16 on CUDA")
-    parser.add_argument("--image-size", type=int, default=None, help="input resolution (default: the checkpoint's)")
+    parser.add_argument(
+        "--precision", choices=["auto", "bf16", "fp32"], default="auto", help="auto: bf16 on CUDA"
+    )
+    parser.add_argument(
+        "--image-size", type=int, default=None, help="input resolution (default: the checkpoint's)"
+    )
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--num-beams", type=int, default=None, help="default 3")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="cap on every task's output length")
     parser.add_argument("--num-workers", type=int, default=None, help="image decoding processes (default 2)")
-    parser.add_argument("--limit", type=int, default=None, help="score only the first N samples of each split")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the image encoder (pays off on long runs)")
+    parser.add_argument(
+        "--limit", type=int, default=None, help="score only the first N samples of each split"
+    )
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile the image encoder (pays off on long runs)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument(
-        "-o", "--output", default=None,
+        "-o",
+        "--output",
+        default=None,
         help="folder for results.md, results.json, predictions/ and answers/ (splits with private answers)",
     )
     parser.set_defaults(func=run_evaluate)

@@ -54,7 +54,9 @@ class GenerationSettings:
     num_workers: int = 2
     device: str = "cpu"
     bf16: bool = False  # autocast to bfloat16 (CUDA)
-    compile_image_encoder: bool = False  # torch.compile DaViT + projector; the first batch of each shape compiles
+    compile_image_encoder: bool = (
+        False  # torch.compile DaViT + projector; the first batch of each shape compiles
+    )
     progress: bool = True
 
 
@@ -82,7 +84,11 @@ class _Batches(Dataset):
     the next batches' images while the model generates."""
 
     def __init__(
-        self, samples: Sequence[EvalSample], prompts: Sequence[str], batches: list[list[int]], processor: Florence2Processor
+        self,
+        samples: Sequence[EvalSample],
+        prompts: Sequence[str],
+        batches: list[list[int]],
+        processor: Florence2Processor,
     ) -> None:
         self.samples, self.prompts, self.batches, self.processor = samples, prompts, batches, processor
 
@@ -138,7 +144,9 @@ def generate(
     if settings.compile_image_encoder:
         model.compile_image_encoder()
     for batch in loader:
-        for index, generation in zip(batch["indices"], _generate_batch(model, processor, batch, kwargs, settings)):
+        for index, generation in zip(
+            batch["indices"], _generate_batch(model, processor, batch, kwargs, settings)
+        ):
             results[index] = generation
         progress.update(len(batch["indices"]))
     progress.close()

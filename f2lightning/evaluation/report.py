@@ -19,7 +19,9 @@ class SplitResult:
     column: str  # the paper's column
     split: str  # the data split scored (differs from the column where the paper's split is not public)
     score: float | None  # None: the answers are private, `answers_file` holds ours for the server
-    details: dict[str, float | str]  # secondary numbers, and how they were computed (e.g. the caption tokenizer)
+    details: dict[
+        str, float | str
+    ]  # secondary numbers, and how they were computed (e.g. the caption tokenizer)
     num_samples: int
     seconds: float
     dropped: dict[str, int] = field(default_factory=dict)
@@ -93,7 +95,11 @@ def to_json(
                 "splits": [
                     {
                         **asdict(s),
-                        "paper": {row: values[s.column] for row, values in r.benchmark.paper.items() if s.column in values},
+                        "paper": {
+                            row: values[s.column]
+                            for row, values in r.benchmark.paper.items()
+                            if s.column in values
+                        },
                     }
                     for s in r.splits
                 ],
@@ -104,12 +110,17 @@ def to_json(
 
 
 def write_report(
-    results: Sequence[BenchmarkResult], out_dir: Path, checkpoint: str = "", settings: GenerationSettings | None = None
+    results: Sequence[BenchmarkResult],
+    out_dir: Path,
+    checkpoint: str = "",
+    settings: GenerationSettings | None = None,
 ) -> tuple[Path, Path]:
     """results.md and results.json under `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     markdown = out_dir / "results.md"
-    markdown.write_text(to_markdown(results, ours=f"ours ({Path(checkpoint).name})" if checkpoint else "ours"))
+    markdown.write_text(
+        to_markdown(results, ours=f"ours ({Path(checkpoint).name})" if checkpoint else "ours")
+    )
     data = out_dir / "results.json"
     data.write_text(json.dumps(to_json(results, checkpoint, settings), indent=2) + "\n")
     return markdown, data

@@ -96,7 +96,9 @@ def _answers_only(data: dict[str, Any]) -> bool:
     return data.get("format") in ANSWER_FORMATS
 
 
-def load_samples(config: BenchmarkConfig, split: str, data_root: str | Path = ".") -> tuple[list[EvalSample], ConversionReport]:
+def load_samples(
+    config: BenchmarkConfig, split: str, data_root: str | Path = "."
+) -> tuple[list[EvalSample], ConversionReport]:
     """The split's samples, read from the public files with the record converters (or the kind's own reader);
     for a split with private answers, its questions without targets."""
     data = dict(config.data)
@@ -123,7 +125,10 @@ def _under_root(reader: Callable[..., Any], data: dict[str, Any], data_root: str
 
 
 def load_model(
-    checkpoint: str | Path, tokenizer: str | Path | None = None, device: str = "cpu", image_size: int | None = None
+    checkpoint: str | Path,
+    tokenizer: str | Path | None = None,
+    device: str = "cpu",
+    image_size: int | None = None,
 ) -> tuple[Florence2, Florence2Processor]:
     """Any checkpoint `Florence2.from_pretrained` reads, with its tokenizer (or `tokenizer`), ready to generate.
 
@@ -144,7 +149,10 @@ def load_model(
         )
     config = model.config
     processor = Florence2Processor(
-        model.tokenizer, image_size=config.image_size, image_mean=config.image_mean, image_std=config.image_std
+        model.tokenizer,
+        image_size=config.image_size,
+        image_mean=config.image_mean,
+        image_std=config.image_std,
     )
     return model.to(device).eval(), processor
 
@@ -225,9 +233,13 @@ def run_benchmark(
         )  # fmt: skip
         preds, fallbacks = predictions(benchmark, generations, samples, processor)
         if predictions_dir is not None:
-            _write_predictions(predictions_dir / f"{benchmark.name}_{column}.jsonl", samples, generations, preds)
+            _write_predictions(
+                predictions_dir / f"{benchmark.name}_{column}.jsonl", samples, generations, preds
+            )
         if answers_only:
-            path = write_answers(answers_dir / f"{benchmark.name}_{column}.json", config.data["format"], samples, preds)
+            path = write_answers(
+                answers_dir / f"{benchmark.name}_{column}.json", config.data["format"], samples, preds
+            )
             results.append(SplitResult(column, split, None, {}, len(samples), time.perf_counter() - start,
                                        answers_file=str(path)))  # fmt: skip
             continue
@@ -280,7 +292,11 @@ def evaluate(
     results = []
     for config in configs:
         settings = replace(base, **{**config.generation, **(overrides or {})})
-        results.append(run_benchmark(model, processor, config, settings, data_root, limit, predictions_dir, answers_dir))
+        results.append(
+            run_benchmark(model, processor, config, settings, data_root, limit, predictions_dir, answers_dir)
+        )
     if out_dir is not None:
-        write_report(results, Path(out_dir), checkpoint=str(checkpoint), settings=replace(base, **(overrides or {})))
+        write_report(
+            results, Path(out_dir), checkpoint=str(checkpoint), settings=replace(base, **(overrides or {}))
+        )
     return results

@@ -272,7 +272,9 @@ def read_florence2(path: Path, **config_overrides: Any) -> Florence2Checkpoint:
     if config_overrides:
         config = config.replace(**config_overrides)
     folder = path if path.is_dir() else path.parent
-    has_tokenizer = any((folder / name).exists() for name in ("tokenizer.json", "vocab.json", "tokenizer_config.json"))
+    has_tokenizer = any(
+        (folder / name).exists() for name in ("tokenizer.json", "vocab.json", "tokenizer_config.json")
+    )
     return Florence2Checkpoint(
         config,
         to_f2lightning(load_state_dict(path)),
@@ -420,7 +422,9 @@ def infer_arch(state: StateDict) -> dict[str, Any]:
         for i in range(num_stages)
     ]
     visions = {name: preset().vision for name, preset in PRESETS.items()}
-    name = next((n for n, v in visions.items() if [*v.embed_dims] == embed_dims and [*v.depths] == depths), None)
+    name = next(
+        (n for n, v in visions.items() if [*v.embed_dims] == embed_dims and [*v.depths] == depths), None
+    )
     return {"arch": name, "embed_dims": embed_dims, "depths": depths}
 
 

@@ -263,7 +263,9 @@ def _ocr(record: Record) -> list[TaskAnnotation]:
             {"quad_boxes": [list(o.quad) for o in record.ocr], "labels": [o.text for o in record.ocr]},
         ),
     ]
-    out += [TaskAnnotation("<REGION_TO_OCR>", {"text": o.text}, region=bounding_box(o.quad)) for o in record.ocr]
+    out += [
+        TaskAnnotation("<REGION_TO_OCR>", {"text": o.text}, region=bounding_box(o.quad)) for o in record.ocr
+    ]
     return out
 
 

@@ -33,7 +33,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     tensors, numbers, strings and containers, so nothing in it needs pickle's arbitrary code execution.
     """
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any | None = None) -> None:
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any | None = None
+    ) -> None:
         if "://" in str(path):  # remote filesystems: fsspec's transaction is the best available
             super().save_checkpoint(checkpoint, path, storage_options)
             return
@@ -41,15 +43,21 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise TypeError(f"{type(self).__name__} takes no storage_options for local files")
         atomic_torch_save(checkpoint, Path(path))
 
-    def load_checkpoint(self, path: str | os.PathLike, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+    def load_checkpoint(
+        self, path: str | os.PathLike, map_location: Any = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
         if not Path(path).is_file() and "://" not in str(path):
             raise CheckpointError(f"{path}: checkpoint file not found")
         try:
             return super().load_checkpoint(
-                path, map_location=map_location or "cpu", weights_only=True if weights_only is None else weights_only
+                path,
+                map_location=map_location or "cpu",
+                weights_only=True if weights_only is None else weights_only,
             )
         except Exception as error:  # truncated zip, bad pickle, foreign file: all become one clear error
-            raise CheckpointError(f"{path}: cannot be read as a checkpoint ({type(error).__name__}: {error})") from error
+            raise CheckpointError(
+                f"{path}: cannot be read as a checkpoint ({type(error).__name__}: {error})"
+            ) from error
 
 
 # `atomic_torch_save`'s temporary files: `.<checkpoint name>.<random>.tmp` beside the checkpoint.
@@ -91,7 +99,9 @@ def verify_checkpoint(path: str | os.PathLike) -> int:
         # mmap reads the zip's central directory (at the end of the file) without loading every tensor.
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as error:
-        raise CheckpointError(f"{path}: cannot be read as a checkpoint ({type(error).__name__}: {error})") from error
+        raise CheckpointError(
+            f"{path}: cannot be read as a checkpoint ({type(error).__name__}: {error})"
+        ) from error
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "global_step" not in checkpoint:
         raise CheckpointError(f"{path}: not a Lightning training checkpoint (no state_dict / global_step)")
     return int(checkpoint["global_step"])
@@ -116,7 +126,9 @@ def find_resume_checkpoint(folders: Iterable[str | os.PathLike]) -> Path | None:
     Newest means highest `global_step`, then latest modification: `last.ckpt` and a `step=N.ckpt` of the same
     step are equivalent. A corrupt file is logged and passed over, so a run falls back to the previous good one.
     """
-    candidates = {p.resolve() for folder in folders if Path(folder).is_dir() for p in Path(folder).rglob("*.ckpt")}
+    candidates = {
+        p.resolve() for folder in folders if Path(folder).is_dir() for p in Path(folder).rglob("*.ckpt")
+    }
     ranked = []
     for path in candidates:
         try:
@@ -137,11 +149,15 @@ def resume_path(ckpt_path: str | os.PathLike | None, resume: str, trainer: pl.Tr
     """
     if ckpt_path not in (None, "last") or (ckpt_path is None and resume != "auto"):
         return None if ckpt_path is None else str(ckpt_path)
-    folders = [cb.dirpath for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint) and cb.dirpath]
+    folders = [
+        cb.dirpath for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint) and cb.dirpath
+    ]
     remove_interrupted_writes(folders or [trainer.default_root_dir])
     found = find_resume_checkpoint(folders or [trainer.default_root_dir])
     if found is None:
-        log.info("no checkpoint to resume from in %s: starting from scratch", folders or trainer.default_root_dir)
+        log.info(
+            "no checkpoint to resume from in %s: starting from scratch", folders or trainer.default_root_dir
+        )
         return None
     log.info("resuming from %s", found)
     return str(found)

@@ -18,8 +18,12 @@ class Florence2CLI(LightningCLI):
         # The mixed-task sampler deals disjoint per-rank streams itself; Lightning must not wrap it.
         parser.set_defaults({"trainer.use_distributed_sampler": False})
         # Re-running the same command after a crash continues from the run's newest good checkpoint.
-        parser.add_argument("--resume", choices=["auto", "never"], default="auto",
-                            help="auto: without --ckpt_path, resume from the newest good checkpoint of this run")
+        parser.add_argument(
+            "--resume",
+            choices=["auto", "never"],
+            default="auto",
+            help="auto: without --ckpt_path, resume from the newest good checkpoint of this run",
+        )
 
     def before_fit(self) -> None:
         config = self.config_init[self.subcommand]

@@ -117,7 +117,9 @@ class Florence2LitModule(L.LightningModule):
             if config is None:
                 config = Florence2Config.preset(hp.preset, **(hp.config_overrides or {}))
                 if tokenizer is None:
-                    raise ValueError("no tokenizer: give a datamodule with one (`data.tokenizer`) or `pretrained` weights")
+                    raise ValueError(
+                        "no tokenizer: give a datamodule with one (`data.tokenizer`) or `pretrained` weights"
+                    )
                 # Padding the vocabulary to a multiple of 64 keeps the LM head's matmul on fast tensor-core shapes.
                 config = config.replace(
                     text={"vocab_size": -(-len(tokenizer) // 64) * 64},
@@ -137,7 +139,9 @@ class Florence2LitModule(L.LightningModule):
         if hp.image_size:
             model.config.image_size = hp.image_size
         model.tokenizer = tokenizer
-        model.freeze(vision=hp.freeze_vision, vision_stages=hp.freeze_vision_stages, language=hp.freeze_language)
+        model.freeze(
+            vision=hp.freeze_vision, vision_stages=hp.freeze_vision_stages, language=hp.freeze_language
+        )
         if hp.activation_checkpointing:
             model.vision_tower.set_grad_checkpointing(True)
             model.language_model.activation_checkpointing_enable()
@@ -158,7 +162,9 @@ class Florence2LitModule(L.LightningModule):
         if self.model is not None and mode:
             # Frozen weights must not see dropout / drop-path / batch statistics change either.
             hp = self.hparams
-            for module in self.model.frozen_modules(hp.freeze_vision, hp.freeze_vision_stages, False, hp.freeze_language):
+            for module in self.model.frozen_modules(
+                hp.freeze_vision, hp.freeze_vision_stages, False, hp.freeze_language
+            ):
                 module.eval()
         return self
 
@@ -171,7 +177,11 @@ class Florence2LitModule(L.LightningModule):
         """
         token_loss = self._compiled_token_loss or self._token_loss
         return token_loss(
-            batch["pixel_values"], batch["input_ids"], batch["attention_mask"], batch["labels"], batch.get("image_index")
+            batch["pixel_values"],
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch["labels"],
+            batch.get("image_index"),
         )
 
     def _token_loss(
@@ -185,9 +195,15 @@ class Florence2LitModule(L.LightningModule):
         text = self.model.config.text
         decoder_input_ids = shift_tokens_right(labels, text.pad_token_id, text.decoder_start_token_id)
         logits = self.model(
-            pixel_values, input_ids, attention_mask, decoder_input_ids=decoder_input_ids, image_index=image_index
+            pixel_values,
+            input_ids,
+            attention_mask,
+            decoder_input_ids=decoder_input_ids,
+            image_index=image_index,
         ).logits
-        token_loss = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none")
+        token_loss = F.cross_entropy(
+            logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none"
+        )
         return token_loss.sum() / (labels != -100).sum().clamp(min=1), token_loss
 
     def _note_image_events(self, stage: str, batch: dict[str, Any]) -> None:
@@ -232,7 +248,12 @@ class Florence2LitModule(L.LightningModule):
     def _skip_nonfinite(self, what: str) -> None:
         self.nonfinite_steps += 1
         self._nonfinite_in_a_row += 1
-        log.warning("step %d: non-finite %s, step skipped (%d in a row)", self.global_step, what, self._nonfinite_in_a_row)
+        log.warning(
+            "step %d: non-finite %s, step skipped (%d in a row)",
+            self.global_step,
+            what,
+            self._nonfinite_in_a_row,
+        )
         if self._nonfinite_in_a_row >= self.hparams.max_nonfinite_steps:
             raise NonFiniteLossError(
                 f"{self._nonfinite_in_a_row} consecutive steps had a non-finite {what}; stopping. Lower the learning "
@@ -258,7 +279,11 @@ class Florence2LitModule(L.LightningModule):
         if self.hparams.val_max_new_tokens:
             kwargs["max_new_tokens"] = min(kwargs["max_new_tokens"], self.hparams.val_max_new_tokens)
         generated = self.model.generate(
-            batch["pixel_values"], batch["input_ids"], batch["attention_mask"], batch.get("image_index"), **kwargs
+            batch["pixel_values"],
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch.get("image_index"),
+            **kwargs,
         )
         sizes = batch["image_size"]
         preds = self.processor.post_process(generated, batch["task"], sizes)
@@ -273,7 +298,9 @@ class Florence2LitModule(L.LightningModule):
         self._drawn_tasks = set()
 
     def on_validation_epoch_end(self) -> None:
-        self._report_image_events("val", f"validation at step {self.global_step}", f"val_step{self.global_step:06d}")
+        self._report_image_events(
+            "val", f"validation at step {self.global_step}", f"val_step{self.global_step:06d}"
+        )
         if self.quality is None:
             return
         for name, value in self.quality.compute().items():
@@ -288,9 +315,15 @@ class Florence2LitModule(L.LightningModule):
         from f2lightning.visualize import draw_prediction
 
         dataset = self.trainer.datamodule.val_dataset
-        out_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "predictions" / f"step{self.global_step:06d}"
+        out_dir = (
+            Path(self.trainer.log_dir or self.trainer.default_root_dir)
+            / "predictions"
+            / f"step{self.global_step:06d}"
+        )
         out_dir.mkdir(parents=True, exist_ok=True)
-        for i, (index, pred) in enumerate(list(zip(batch["index"], preds, strict=True))[: self.hparams.log_predictions]):
+        for i, (index, pred) in enumerate(
+            list(zip(batch["index"], preds, strict=True))[: self.hparams.log_predictions]
+        ):
             image = load_image(dataset.flat[index].image_path)
             draw_prediction(image, task, pred).save(out_dir / f"{task.strip('<>').lower()}_{i}.png")
 
@@ -336,7 +369,9 @@ class Florence2LitModule(L.LightningModule):
             )
         multiplier = warmup_cosine(min(hp.warmup_steps, total), total, hp.min_lr_ratio)
         held = hold(multiplier, hp.hold_encoders_steps)
-        schedule = LambdaLR(optimizer, [held if group["encoder"] else multiplier for group in optimizer.param_groups])
+        schedule = LambdaLR(
+            optimizer, [held if group["encoder"] else multiplier for group in optimizer.param_groups]
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     # ------------------------------------------------------------------ checkpoints

@@ -19,7 +19,9 @@ ENCODER_PREFIXES = (
 )
 
 
-def param_groups(model: nn.Module, weight_decay: float, lr: float, vision_lr_scale: float = 1.0) -> list[dict]:
+def param_groups(
+    model: nn.Module, weight_decay: float, lr: float, vision_lr_scale: float = 1.0
+) -> list[dict]:
     """Decay only matrices of linear / conv layers; never biases, norms, embeddings or position tables.
 
     The image encoder's parameters (`vision_tower.*`) get `lr * vision_lr_scale`. Each group says whether it

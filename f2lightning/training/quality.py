@@ -54,7 +54,9 @@ def task_metric(task: str) -> BoxRecall | str:
     return FORMAT_METRICS[output]
 
 
-def matched_recall(pred: dict, target: dict, key: str = "bboxes", use_labels: bool = True, threshold: float = 0.5) -> tuple[int, int]:
+def matched_recall(
+    pred: dict, target: dict, key: str = "bboxes", use_labels: bool = True, threshold: float = 0.5
+) -> tuple[int, int]:
     """(matched, total) ground-truth regions: greedy one-to-one matching by IoU ≥ threshold (and equal label)."""
     # Quad boxes are compared through their bounding boxes.
     gt_boxes = [bounding_box(b) for b in target.get(key, [])]
@@ -97,7 +99,9 @@ class TaskQuality(nn.Module):
                 self.metrics[_key(task, "exact_match")] = MeanMetric()
                 self.metrics[_key(task, "bleu4")] = BLEU()
 
-    def update(self, task: str, preds: Sequence[Any], targets: Sequence[Any], image_sizes: Sequence[tuple[int, int]]) -> None:
+    def update(
+        self, task: str, preds: Sequence[Any], targets: Sequence[Any], image_sizes: Sequence[tuple[int, int]]
+    ) -> None:
         scoring = self.scoring[task]
         if isinstance(scoring, BoxRecall):
             recall = self.metrics[_key(task, "box_recall@0.5")]
@@ -118,7 +122,9 @@ class TaskQuality(nn.Module):
             task, name = key.split("__")
             with warnings.catch_warnings():
                 # A task this rank saw no batch of still joins the sync; its NaN is the honest answer.
-                warnings.filterwarnings("ignore", message=".*compute.*before the.*update", category=UserWarning)
+                warnings.filterwarnings(
+                    "ignore", message=".*compute.*before the.*update", category=UserWarning
+                )
                 value = metric.compute()
             if name == "bleu4":
                 results[f"{task}/bleu4"] = float(value["bleu_4"])
@@ -138,7 +144,9 @@ def _key(task: str, metric: str) -> str:
     return task.strip("<>") + "__" + metric.replace(".", "")
 
 
-def image_blind_prior(train: Mapping[str, Sequence[Sample]], val: Mapping[str, Sequence[Sample]]) -> dict[str, float]:
+def image_blind_prior(
+    train: Mapping[str, Sequence[Sample]], val: Mapping[str, Sequence[Sample]]
+) -> dict[str, float]:
     """What a model that ignores the image scores on `val`, in `TaskQuality.compute()`'s keys.
 
     Its answer to each validation sample is the most frequent training target of the same prompt (a VQA question, a
@@ -152,7 +160,9 @@ def image_blind_prior(train: Mapping[str, Sequence[Sample]], val: Mapping[str, S
         for sample in train[task]:
             by_prompt.setdefault(sample.prompt, Counter())[sample.target] += 1
         overall = Counter(sample.target for sample in train[task]).most_common(1)[0][0]
-        answers = [by_prompt[s.prompt].most_common(1)[0][0] if s.prompt in by_prompt else overall for s in val[task]]
+        answers = [
+            by_prompt[s.prompt].most_common(1)[0][0] if s.prompt in by_prompt else overall for s in val[task]
+        ]
         parse, sizes = get_task(task).parse, [s.image_size for s in val[task]]
         preds = [parse(answer, size) for answer, size in zip(answers, sizes, strict=True)]
         targets = [parse(s.target, size) for s, size in zip(val[task], sizes, strict=True)]

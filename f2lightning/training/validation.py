@@ -24,7 +24,9 @@ class ConfigError(ValueError):
     """An impossible or contradictory training configuration; the message lists every problem found."""
 
 
-def validate_fit(model_hparams: Mapping[str, Any], data_hparams: Mapping[str, Any] | None, ckpt_path: Any = None) -> None:
+def validate_fit(
+    model_hparams: Mapping[str, Any], data_hparams: Mapping[str, Any] | None, ckpt_path: Any = None
+) -> None:
     """Raise one `ConfigError` listing everything wrong with this model / data / checkpoint combination."""
     problems = model_problems(model_hparams)
     config = model_config(model_hparams)
@@ -32,7 +34,11 @@ def validate_fit(model_hparams: Mapping[str, Any], data_hparams: Mapping[str, An
         problems += data_problems(data_hparams)
         if config is not None:
             problems += position_problems(config, data_hparams)
-    if ckpt_path is not None and str(ckpt_path) not in SPECIAL_CKPT_PATHS and not _is(ckpt_path, Path.is_file):
+    if (
+        ckpt_path is not None
+        and str(ckpt_path) not in SPECIAL_CKPT_PATHS
+        and not _is(ckpt_path, Path.is_file)
+    ):
         problems.append(f"ckpt_path {ckpt_path} does not exist")
     if problems:
         raise ConfigError("invalid training configuration:\n  - " + "\n  - ".join(problems))
@@ -47,7 +53,9 @@ def model_config(hp: Mapping[str, Any]) -> Florence2Config | None:
                 return None  # a .ckpt or a bare weights file: its config is only known once it is read
             config = Florence2Config.from_hf_config(Path(str(pretrained)) / "config.json")
         else:
-            config = Florence2Config.preset(hp.get("preset", "tiny"), **dict(hp.get("config_overrides") or {}))
+            config = Florence2Config.preset(
+                hp.get("preset", "tiny"), **dict(hp.get("config_overrides") or {})
+            )
         image_size = hp.get("image_size")
         return config.replace(image_size=image_size) if image_size else config
     except (KeyError, TypeError, ValueError):
@@ -78,7 +86,9 @@ def model_problems(hp: Mapping[str, Any]) -> list[str]:
         problems.append(f"model.max_nonfinite_steps must be >= 1, got {hp.get('max_nonfinite_steps')}")
     config = model_config(hp)
     stages = hp.get("freeze_vision_stages", 0)
-    if config is not None and not (stages == 0 or (_count(stages) and stages <= len(config.vision.embed_dims))):
+    if config is not None and not (
+        stages == 0 or (_count(stages) and stages <= len(config.vision.embed_dims))
+    ):
         problems.append(
             f"model.freeze_vision_stages={stages} is out of range: the vision tower has stages 1..{len(config.vision.embed_dims)}"
         )
@@ -88,7 +98,9 @@ def model_problems(hp: Mapping[str, Any]) -> list[str]:
 def data_problems(hp: Mapping[str, Any]) -> list[str]:
     tasks, weights = hp.get("tasks") or [], hp.get("task_weights") or {}
     if not isinstance(tasks, list | tuple) or not isinstance(weights, Mapping):
-        return [f"data.tasks must be a list of task tokens and data.task_weights a mapping, got {tasks!r} / {weights!r}"]
+        return [
+            f"data.tasks must be a list of task tokens and data.task_weights a mapping, got {tasks!r} / {weights!r}"
+        ]
     problems = []
     try:
         task_tokens([*tasks, *weights])
@@ -98,19 +110,31 @@ def data_problems(hp: Mapping[str, Any]) -> list[str]:
     if bad_weights:
         problems.append(f"data.task_weights must be positive finite numbers, got {bad_weights}")
     if tasks and weights and set(weights) - set(tasks):
-        problems.append(f"data.task_weights name tasks not in data.tasks: {sorted(map(str, set(weights) - set(tasks)))}")
+        problems.append(
+            f"data.task_weights name tasks not in data.tasks: {sorted(map(str, set(weights) - set(tasks)))}"
+        )
     warmup = hp.get("warmup_task_weights") or {}
-    if not isinstance(warmup, Mapping) or not all(_positive(w) or w == 0 for w in warmup.values()) or (
-        warmup and not any(_positive(w) for w in warmup.values())
+    if (
+        not isinstance(warmup, Mapping)
+        or not all(_positive(w) or w == 0 for w in warmup.values())
+        or (warmup and not any(_positive(w) for w in warmup.values()))
     ):
-        problems.append(f"data.warmup_task_weights must map tasks to non-negative numbers, one positive, got {warmup!r}")
+        problems.append(
+            f"data.warmup_task_weights must map tasks to non-negative numbers, one positive, got {warmup!r}"
+        )
     elif set(warmup) - set(tasks or weights or TASKS):
-        problems.append(f"data.warmup_task_weights name tasks that are not trained on: {sorted(map(str, set(warmup) - set(tasks or weights or TASKS)))}")
+        problems.append(
+            f"data.warmup_task_weights name tasks that are not trained on: {sorted(map(str, set(warmup) - set(tasks or weights or TASKS)))}"
+        )
     if bool(hp.get("warmup_task_steps")) != bool(warmup):
-        problems.append("data.warmup_task_weights and data.warmup_task_steps go together: give both or neither")
+        problems.append(
+            "data.warmup_task_weights and data.warmup_task_steps go together: give both or neither"
+        )
     image_size = hp.get("image_size", 768)
     if not _count(image_size) or image_size % 32:
-        problems.append(f"data.image_size must be a positive multiple of 32 (DaViT's stride), got {image_size}")
+        problems.append(
+            f"data.image_size must be a positive multiple of 32 (DaViT's stride), got {image_size}"
+        )
     for key in ("batch_size", "max_prompt_length", "max_target_length"):
         if not _count(hp.get(key, 1)):
             problems.append(f"data.{key} must be >= 1, got {hp.get(key)}")
@@ -167,4 +191,6 @@ def _count(value: Any) -> bool:
 
 
 def _positive(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    return (
+        isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    )

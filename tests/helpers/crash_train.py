@@ -22,7 +22,9 @@ class RecordBatches(L.Callback):
         self.out_dir = Path(out_dir)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        line = json.dumps({"step": trainer.global_step, "epoch": trainer.current_epoch, "index": batch.get("index", [])})
+        line = json.dumps(
+            {"step": trainer.global_step, "epoch": trainer.current_epoch, "index": batch.get("index", [])}
+        )
         with open(self.out_dir / f"seen.rank{trainer.global_rank}.jsonl", "a") as f:
             f.write(line + "\n")
         if trainer.is_global_zero:
@@ -42,21 +44,50 @@ def write_config(
     config = {
         "seed_everything": 0,
         "trainer": {
-            "accelerator": "cpu", "devices": devices, "strategy": "ddp" if devices > 1 else "auto",
-            "max_steps": max_steps, "logger": False, "enable_progress_bar": False, "enable_model_summary": False,
-            "num_sanity_val_steps": 0, "limit_val_batches": 0, "deterministic": True, "default_root_dir": str(run),
+            "accelerator": "cpu",
+            "devices": devices,
+            "strategy": "ddp" if devices > 1 else "auto",
+            "max_steps": max_steps,
+            "logger": False,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "num_sanity_val_steps": 0,
+            "limit_val_batches": 0,
+            "deterministic": True,
+            "default_root_dir": str(run),
             "callbacks": [
-                {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                 "init_args": {"dirpath": str(run / "checkpoints"), "every_n_train_steps": every, "save_last": True,
-                               "save_top_k": -1}},
+                {
+                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                    "init_args": {
+                        "dirpath": str(run / "checkpoints"),
+                        "every_n_train_steps": every,
+                        "save_last": True,
+                        "save_top_k": -1,
+                    },
+                },
                 {"class_path": "tests.helpers.crash_train.RecordBatches", "init_args": {"out_dir": str(run)}},
             ],
         },
-        "model": {"preset": "tiny", "config_overrides": json.loads(json.dumps(MICRO)), "lr": 2e-3, "warmup_steps": 2,
-                  "num_beams": 1, "log_predictions": 0},
-        "data": {"synthetic_dir": str(data), "synthetic_images": 40, "tokenizer_vocab_size": 600, "image_size": 64,
-                 "batch_size": 4 // devices, "epoch_length": epoch_length, "num_workers": 0, "tasks": TASKS,
-                 "val_samples_per_task": 4, "max_target_length": 512},
+        "model": {
+            "preset": "tiny",
+            "config_overrides": json.loads(json.dumps(MICRO)),
+            "lr": 2e-3,
+            "warmup_steps": 2,
+            "num_beams": 1,
+            "log_predictions": 0,
+        },
+        "data": {
+            "synthetic_dir": str(data),
+            "synthetic_images": 40,
+            "tokenizer_vocab_size": 600,
+            "image_size": 64,
+            "batch_size": 4 // devices,
+            "epoch_length": epoch_length,
+            "num_workers": 0,
+            "tasks": TASKS,
+            "val_samples_per_task": 4,
+            "max_target_length": 512,
+        },
     }
     run.mkdir(parents=True, exist_ok=True)
     path = run / "config.yaml"

@@ -17,7 +17,11 @@ from torch import nn
 def randomize_(model: nn.Module, std: float = 0.2, seed: int = 0) -> nn.Module:
     """Every tensor distinct and random: norm gains from N(1, std), everything else from N(0, std)."""
     generator = torch.Generator().manual_seed(seed)
-    norms = {id(m.weight) for m in model.modules() if isinstance(m, nn.LayerNorm | nn.GroupNorm) and m.weight is not None}
+    norms = {
+        id(m.weight)
+        for m in model.modules()
+        if isinstance(m, nn.LayerNorm | nn.GroupNorm) and m.weight is not None
+    }
     for param in model.parameters():
         noise = torch.randn(param.shape, generator=generator) * std
         param.copy_(noise + 1.0 if id(param) in norms else noise)

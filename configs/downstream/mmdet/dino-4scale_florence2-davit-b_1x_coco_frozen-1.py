@@ -1,3 +1,3 @@
 # Table 8: stage 1 of the backbone frozen (stage 1 includes the stem); otherwise the main config.
-_base_ = ['./dino-4scale_florence2-davit-b_1x_coco.py']
+_base_ = ["./dino-4scale_florence2-davit-b_1x_coco.py"]
 model = dict(backbone=dict(frozen_stages=1))

@@ -10,4 +10,11 @@ from f2lightning.data.converters.base import (
     path_parameters,
 )
 
-__all__ = ["CONVERTERS", "ConversionError", "ConversionReport", "Converter", "get_converter", "path_parameters"]
+__all__ = [
+    "CONVERTERS",
+    "ConversionError",
+    "ConversionReport",
+    "Converter",
+    "get_converter",
+    "path_parameters",
+]

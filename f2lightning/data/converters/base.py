@@ -98,7 +98,9 @@ def path_parameters(reader: Callable[..., Any]) -> frozenset[str]:
 
 
 def _admits_path(hint: Any) -> bool:
-    return any(h is os.PathLike or typing.get_origin(h) is os.PathLike for h in typing.get_args(hint) or (hint,))
+    return any(
+        h is os.PathLike or typing.get_origin(h) is os.PathLike for h in typing.get_args(hint) or (hint,)
+    )
 
 
 def get_converter(name: str) -> Converter:

@@ -372,5 +372,11 @@ register_converter(
     Converter("coco-captions", "COCO captions json", convert_coco_captions, _captions_arguments)
 )
 register_converter(
-    Converter("karpathy", "Karpathy split file dataset_coco.json", convert_karpathy, _karpathy_arguments, splits=True)
+    Converter(
+        "karpathy",
+        "Karpathy split file dataset_coco.json",
+        convert_karpathy,
+        _karpathy_arguments,
+        splits=True,
+    )
 )

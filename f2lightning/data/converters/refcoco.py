@@ -158,7 +158,10 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
 
 register_converter(
     Converter(
-        "refcoco", "RefCOCO / RefCOCO+ / RefCOCOg refs pickle + instances.json", convert_refcoco, _arguments,
+        "refcoco",
+        "RefCOCO / RefCOCO+ / RefCOCOg refs pickle + instances.json",
+        convert_refcoco,
+        _arguments,
         splits=True,
     )
 )
