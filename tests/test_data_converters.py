@@ -11,6 +11,7 @@ import pickletools
 import re
 import struct
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -1152,3 +1153,8 @@ def test_each_converter_declares_its_files_and_folders_by_annotation():
         # Every path parameter is also a command-line argument, and `splits` is declared where it exists.
         assert path_parameters(converter.convert) <= dests, name
         assert converter.splits == ("splits" in dests), name
+
+
+def test_the_readme_names_every_registered_format():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert [name for name in CONVERTERS if f"`{name}`" not in readme] == []
