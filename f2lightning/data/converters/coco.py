@@ -43,6 +43,19 @@ class CocoImage(NamedTuple):
     width: int
     height: int
 
+    def record(
+        self, image_dir: str | os.PathLike, image_id: int | str, source: str, **annotations: Any
+    ) -> Record:
+        """The record of this image, found in `image_dir`, holding `annotations` (Record fields)."""
+        return Record(
+            image=image_path(image_dir, self.file_name),
+            width=self.width,
+            height=self.height,
+            id=str(image_id),
+            source=source,
+            **annotations,
+        )
+
 
 @dataclass
 class CocoFile:
@@ -239,16 +252,7 @@ def convert_coco_instances(
         if not regions:
             report.drop("image_without_regions")
             continue
-        records.append(
-            Record(
-                image=image_path(image_dir, image.file_name),
-                width=image.width,
-                height=image.height,
-                id=str(image_id),
-                source="coco-instances",
-                regions=regions,
-            )
-        )
+        records.append(image.record(image_dir, image_id, "coco-instances", regions=regions))
     return records
 
 
@@ -275,16 +279,7 @@ def convert_coco_captions(
         if not texts:
             report.drop("image_without_captions")
             continue
-        records.append(
-            Record(
-                image=image_path(image_dir, image.file_name),
-                width=image.width,
-                height=image.height,
-                id=str(image_id),
-                source="coco-captions",
-                texts={"brief": texts},
-            )
-        )
+        records.append(image.record(image_dir, image_id, "coco-captions", texts={"brief": texts}))
     return records
 
 

@@ -14,7 +14,6 @@ from f2lightning.data.converters.base import (
     ConversionReport,
     Converter,
     checked_records,
-    image_path,
     register_converter,
 )
 from f2lightning.data.converters.coco import CocoFile, coco_region
@@ -134,17 +133,7 @@ def convert_refcoco(
             region.referring = sentences
             regions.append(region)
         if regions:
-            records.append(
-                Record(
-                    image=image_path(image_dir, image.file_name),
-                    width=image.width,
-                    height=image.height,
-                    id=str(image_id),
-                    source=source,
-                    regions=regions,
-                    exhaustive=False,
-                )
-            )
+            records.append(image.record(image_dir, image_id, source, regions=regions, exhaustive=False))
     return records
 
 
