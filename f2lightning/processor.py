@@ -8,6 +8,7 @@ statistics, and task tokens become natural-language prompts.
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,7 @@ from PIL import Image
 from transformers import PreTrainedTokenizerBase
 
 from f2lightning.images import to_rgb
-from f2lightning.model.config import IMAGENET_MEAN, IMAGENET_STD
+from f2lightning.model.config import IMAGENET_MEAN, IMAGENET_STD, Florence2Config
 from f2lightning.tasks import get_task
 
 
@@ -52,6 +53,39 @@ class Florence2Processor:
         self.std = torch.tensor(image_std).view(3, 1, 1)
         self.max_prompt_length = max_prompt_length
         self.max_target_length = max_target_length
+
+    @classmethod
+    def for_model(
+        cls, config: Florence2Config, tokenizer: PreTrainedTokenizerBase, **lengths: int
+    ) -> Florence2Processor:
+        """The processor of a model: its config's input resolution and normalisation, the run's tokenizer, which
+        must fit the model's vocabulary. `lengths`: `max_prompt_length` / `max_target_length`."""
+        if len(tokenizer) > config.text.vocab_size:
+            raise ValueError(
+                f"the tokenizer has {len(tokenizer)} tokens but the model only {config.text.vocab_size}: "
+                "it is not the tokenizer this model was trained with"
+            )
+        return cls(tokenizer, config.image_size, config.image_mean, config.image_std, **lengths)
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str | Path, tokenizer: str | Path | None = None, **lengths: int
+    ) -> Florence2Processor:
+        """The processor saved with a checkpoint (any layout `Florence2.from_pretrained` reads); `tokenizer`, a
+        tokenizer directory, replaces the checkpoint's own (needed when it has none)."""
+        from f2lightning.model.checkpoints import read_config, read_tokenizer
+        from f2lightning.tokenizer import load_tokenizer
+
+        path = Path(path)
+        loaded = load_tokenizer(tokenizer) if tokenizer is not None else read_tokenizer(path)
+        if loaded is None:
+            raise ValueError(f"{path}: no tokenizer files beside the weights; pass a tokenizer directory")
+        return cls.for_model(read_config(path), loaded, **lengths)
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        """Write the tokenizer files into `path` (beside `Florence2.save_pretrained`'s weights and config)."""
+        self.tokenizer.save_pretrained(path)
+        return Path(path)
 
     # ------------------------------------------------------------------ inputs
     def preprocess_image(self, image: Image.Image) -> torch.Tensor:

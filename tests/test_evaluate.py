@@ -21,6 +21,7 @@ from f2lightning.evaluation.commands import register_cli
 from f2lightning.evaluation.generation import EvalSample, GenerationSettings, generate, length_aware_batches
 from f2lightning.evaluation.runner import load_config, load_model, load_samples, predictions
 from f2lightning.model import Florence2, Florence2Config
+from f2lightning.processor import Florence2Processor
 from f2lightning.tokenizer import train_tokenizer
 from tests.helpers.weights import randomize_
 
@@ -56,8 +57,9 @@ def checkpoint(tmp_path_factory) -> Path:
     )
     torch.manual_seed(0)
     model = randomize_(Florence2(config), std=0.1)  # outputs that depend on the image and the prompt
-    model.tokenizer = tokenizer
-    return model.save_pretrained(tmp_path_factory.mktemp("checkpoint"))
+    path = model.save_pretrained(tmp_path_factory.mktemp("checkpoint"))
+    Florence2Processor.for_model(config, tokenizer).save_pretrained(path)
+    return path
 
 
 @pytest.fixture(scope="module")

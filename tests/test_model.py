@@ -305,3 +305,25 @@ def test_vision_init_loads_an_exported_backbone_strictly(tmp_path):
     )
     with pytest.raises(CheckpointError, match="tensor shapes differ"):
         init_vision_tower(wider, tmp_path / "davit.pth")
+
+
+def test_the_processor_is_saved_and_read_back_with_the_model(tokenizer, tmp_path):
+    vocab = -(-len(tokenizer) // 64) * 64
+    config = Florence2Config.preset(
+        "tiny", image_size=64, image_mean=(0.5, 0.5, 0.5), image_std=(0.25, 0.25, 0.25),
+        text={"vocab_size": vocab}, image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+    )  # fmt: skip
+    processor = Florence2Processor.for_model(config, tokenizer)
+    processor.save_pretrained(Florence2(config).save_pretrained(tmp_path))
+    loaded = Florence2Processor.from_pretrained(tmp_path)
+    assert (loaded.image_size, loaded.mean.flatten().tolist(), loaded.std.flatten().tolist()) == (
+        64, [0.5] * 3, [0.25] * 3)  # fmt: skip
+    assert loaded.tokenizer.get_vocab() == tokenizer.get_vocab()
+    small = config.replace(text={"vocab_size": len(tokenizer) - 1})
+    with pytest.raises(ValueError, match="not the tokenizer this model was trained with"):
+        Florence2Processor.for_model(small, tokenizer)
+    (tmp_path / "tokenizer.json").unlink()
+    for name in ("vocab.json", "tokenizer_config.json"):
+        (tmp_path / name).unlink(missing_ok=True)
+    with pytest.raises(ValueError, match="no tokenizer files"):
+        Florence2Processor.from_pretrained(tmp_path)

@@ -37,8 +37,10 @@ from f2lightning.evaluation.benchmarks import Benchmark, get_benchmark
 from f2lightning.evaluation.generation import EvalSample, Generation, GenerationSettings, box_scores, generate
 from f2lightning.evaluation.report import BenchmarkResult, SplitResult, write_report
 from f2lightning.model import Florence2
+from f2lightning.model.checkpoints import read_tokenizer
 from f2lightning.processor import Florence2Processor
 from f2lightning.tasks import get_task
+from f2lightning.tokenizer import load_tokenizer
 
 _NEEDS_OUTPUT = "the answers are private; give an output folder (-o DIR, out_dir=) for the answers file"
 
@@ -130,31 +132,17 @@ def load_model(
     device: str = "cpu",
     image_size: int | None = None,
 ) -> tuple[Florence2, Florence2Processor]:
-    """Any checkpoint `Florence2.from_pretrained` reads, with its tokenizer (or `tokenizer`), ready to generate.
+    """Any checkpoint `Florence2.from_pretrained` reads, with its processor (its own tokenizer, or `tokenizer`),
+    ready to generate.
 
     `image_size` overrides the checkpoint's input resolution (a transformers config.json does not record it, so
     such checkpoints load at Florence-2's 768).
     """
-    from f2lightning.tokenizer import load_tokenizer
-
     model = Florence2.from_pretrained(checkpoint, **({"image_size": image_size} if image_size else {}))
-    if tokenizer is not None:
-        model.tokenizer = load_tokenizer(tokenizer)
-    if model.tokenizer is None:
+    tokenizer = load_tokenizer(tokenizer) if tokenizer is not None else read_tokenizer(Path(checkpoint))
+    if tokenizer is None:
         raise ValueError(f"{checkpoint}: no tokenizer files beside the weights; pass --tokenizer DIR")
-    if len(model.tokenizer) > model.config.text.vocab_size:
-        raise ValueError(
-            f"the tokenizer has {len(model.tokenizer)} tokens but the model only {model.config.text.vocab_size}: "
-            "it is not the tokenizer this model was trained with"
-        )
-    config = model.config
-    processor = Florence2Processor(
-        model.tokenizer,
-        image_size=config.image_size,
-        image_mean=config.image_mean,
-        image_std=config.image_std,
-    )
-    return model.to(device).eval(), processor
+    return model.to(device).eval(), Florence2Processor.for_model(model.config, tokenizer)
 
 
 def resolve_device(device: str = "auto") -> str:

@@ -258,7 +258,6 @@ class Florence2Checkpoint:
 
     config: Florence2Config
     state_dict: StateDict  # `Florence2.state_dict()` keys
-    tokenizer: PreTrainedTokenizerBase | None  # None when no tokenizer files are beside the weights
     source: Path
     config_source: str  # where the sizes came from, named by `load_weights` when the weights do not fit
 
@@ -266,39 +265,44 @@ class Florence2Checkpoint:
 def read_florence2(path: Path, **config_overrides: Any) -> Florence2Checkpoint:
     """A checkpoint directory or file (transformers-native, remote code, ours, or a Lightning `.ckpt`)."""
     if path.suffix == ".ckpt":
-        return _read_lightning(path, **config_overrides)
-    config_file = _config_file(path)
-    config = _read_config(config_file)
+        checkpoint = _read_lightning(path)
+        config = Florence2Config.from_dict(checkpoint["f2lightning"]["model_config"])
+        state, config_source = checkpoint["state_dict"], f"{path}'s model_config"
+    else:
+        config_file = _config_file(path)
+        config, state, config_source = _read_config(config_file), load_state_dict(path), str(config_file)
     if config_overrides:
         config = config.replace(**config_overrides)
+    return Florence2Checkpoint(config, to_f2lightning(state), path, config_source)
+
+
+def read_tokenizer(path: Path) -> PreTrainedTokenizerBase | None:
+    """The tokenizer saved with a checkpoint: the files beside the weights, or the directory a Lightning `.ckpt`
+    recorded (when it is still there); None when there is none."""
+    if path.suffix == ".ckpt":
+        tokenizer_dir = _read_lightning(path, mmap=True)["f2lightning"].get("tokenizer_dir")
+        return load_tokenizer(tokenizer_dir) if tokenizer_dir and Path(tokenizer_dir).is_dir() else None
     folder = path if path.is_dir() else path.parent
     has_tokenizer = any(
         (folder / name).exists() for name in ("tokenizer.json", "vocab.json", "tokenizer_config.json")
     )
-    return Florence2Checkpoint(
-        config,
-        to_f2lightning(load_state_dict(path)),
-        load_tokenizer(folder) if has_tokenizer else None,
-        path,
-        str(config_file),
-    )
+    return load_tokenizer(folder) if has_tokenizer else None
 
 
-def _read_lightning(path: Path, **config_overrides: Any) -> Florence2Checkpoint:
+def read_config(path: Path) -> Florence2Config:
+    """A checkpoint's config alone (sizes, input resolution, normalisation), without its weights."""
+    if path.suffix == ".ckpt":
+        return Florence2Config.from_dict(_read_lightning(path, mmap=True)["f2lightning"]["model_config"])
+    return _read_config(_config_file(path))
+
+
+def _read_lightning(path: Path, mmap: bool = False) -> dict[str, Any]:
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        model_config = checkpoint["f2lightning"]["model_config"]
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        checkpoint["f2lightning"]["model_config"]
     except Exception as error:
         raise CheckpointError(f"{path}: not a readable f2lightning Lightning checkpoint ({error})") from error
-    config = Florence2Config.from_dict(model_config)
-    if config_overrides:
-        config = config.replace(**config_overrides)
-    # The training module records the tokenizer directory it used; attach it when it is still there.
-    tokenizer_dir = checkpoint["f2lightning"].get("tokenizer_dir")
-    tokenizer = load_tokenizer(tokenizer_dir) if tokenizer_dir and Path(tokenizer_dir).is_dir() else None
-    return Florence2Checkpoint(
-        config, to_f2lightning(checkpoint["state_dict"]), tokenizer, path, f"{path}'s model_config"
-    )
+    return checkpoint
 
 
 def load_weights(
@@ -353,7 +357,6 @@ def save_florence2(
     config: Florence2Config,
     state: StateDict,
     generation_config: GenerationConfig,
-    tokenizer: PreTrainedTokenizerBase | None = None,
 ) -> Path:
     """Write `Florence2.state_dict()` weights in the transformers-native layout, with our own config beside it."""
     if config.image_token_id is None:
@@ -367,8 +370,6 @@ def save_florence2(
     transformers_config(config).save_pretrained(path)
     generation_config.save_pretrained(path)
     (path / "f2lightning.json").write_text(json.dumps(config.to_dict(), indent=2))
-    if tokenizer is not None:
-        tokenizer.save_pretrained(path)
     return path
 
 

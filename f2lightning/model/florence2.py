@@ -40,7 +40,6 @@ class Florence2(nn.Module):
         # SDPA everywhere: BART supports it and it is the fastest portable kernel on CPU and CUDA.
         bart_config._attn_implementation = "sdpa"
         self.language_model = BartForConditionalGeneration(bart_config)
-        self.tokenizer = None  # attached by from_pretrained / the training module when known
         self._compiled_image_encoder = None
 
     # ------------------------------------------------------------------ inputs
@@ -182,7 +181,7 @@ class Florence2(nn.Module):
     def from_pretrained(cls, path: str | Path, **config_overrides: Any) -> Florence2:
         """Load a directory or weights file: transformers-native Florence-2, Microsoft remote code, or ours.
 
-        The tokenizer is attached (`model.tokenizer`) when the directory has tokenizer files.
+        The tokenizer is not part of the model: `Florence2Processor.from_pretrained(path)` reads it.
         """
         checkpoint = checkpoints.read_florence2(Path(path), **config_overrides)
         model = cls(checkpoint.config)
@@ -190,11 +189,11 @@ class Florence2(nn.Module):
             model, checkpoint.state_dict, source=checkpoint.source, config_source=checkpoint.config_source
         )
         model.language_model.tie_weights()
-        model.tokenizer = checkpoint.tokenizer
         return model
 
     def save_pretrained(self, path: str | Path) -> Path:
-        """Write the transformers-native layout (config.json, model.safetensors, tokenizer files if attached)."""
+        """Write the transformers-native layout (config.json, model.safetensors); `Florence2Processor.save_pretrained`
+        adds the tokenizer files."""
         return checkpoints.save_florence2(
-            Path(path), self.config, self.state_dict(), self.language_model.generation_config, self.tokenizer
+            Path(path), self.config, self.state_dict(), self.language_model.generation_config
         )

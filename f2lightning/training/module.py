@@ -21,7 +21,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from transformers.models.bart.modeling_bart import shift_tokens_right
 
 from f2lightning.model import Florence2, Florence2Config
-from f2lightning.model.checkpoints import init_language_model, init_vision_tower
+from f2lightning.model.checkpoints import init_language_model, init_vision_tower, read_tokenizer
 from f2lightning.processor import Florence2Processor
 from f2lightning.tasks import get_task
 from f2lightning.training.optim import build_optimizer, hold, warmup_cosine
@@ -112,7 +112,7 @@ class Florence2LitModule(L.LightningModule):
         hp = self.hparams
         if config is None and hp.pretrained:
             model = Florence2.from_pretrained(hp.pretrained)
-            tokenizer = tokenizer or model.tokenizer
+            tokenizer = tokenizer or read_tokenizer(Path(hp.pretrained))
         else:
             if config is None:
                 config = Florence2Config.preset(hp.preset, **(hp.config_overrides or {}))
@@ -138,7 +138,6 @@ class Florence2LitModule(L.LightningModule):
             model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)
         if hp.image_size:
             model.config.image_size = hp.image_size
-        model.tokenizer = tokenizer
         model.freeze(
             vision=hp.freeze_vision, vision_stages=hp.freeze_vision_stages, language=hp.freeze_language
         )
@@ -146,7 +145,7 @@ class Florence2LitModule(L.LightningModule):
             model.vision_tower.set_grad_checkpointing(True)
             model.language_model.activation_checkpointing_enable()
         self.model = model
-        self.processor = Florence2Processor(tokenizer, image_size=model.config.image_size)
+        self.processor = Florence2Processor.for_model(model.config, tokenizer)
         if hp.compile:
             # A compiled function, not a compiled module: the state-dict keys stay those of the eager model.
             self._compiled_token_loss = torch.compile(self._token_loss)
@@ -394,5 +393,7 @@ class Florence2LitModule(L.LightningModule):
             self._build(tokenizer, Florence2Config.from_dict(info["model_config"]))
 
     def export(self, path: str | Path) -> Path:
-        """Write the trained model in the transformers-native layout (opens with plain `transformers`)."""
-        return self.model.save_pretrained(path)
+        """Write the trained model in the transformers-native layout (opens with plain `transformers`), with
+        its tokenizer files."""
+        self.processor.save_pretrained(self.model.save_pretrained(path))
+        return Path(path)
