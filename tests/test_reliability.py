@@ -513,3 +513,19 @@ def test_cli_rejects_contradictory_config_at_startup_with_one_message(tmp_path):
 def test_config_validation_names_the_problem(model, data, expected):
     with pytest.raises(ConfigError, match=expected):
         validate_fit(model, data)
+
+
+def test_each_part_refuses_its_own_bad_values_when_built_directly(tmp_path):
+    # The rules are the ones validate_fit runs (one definition each), raised by the constructors for API users.
+    from f2lightning.training import Florence2LitModule
+
+    with pytest.raises(
+        ConfigError, match=r"invalid data configuration:\n  - data.task_weights must be positive"
+    ):
+        Florence2DataModule(synthetic_dir=str(tmp_path), task_weights={"<OD>": 0})
+    with pytest.raises(ConfigError, match=r"batch_size 6 must be a positive multiple of tasks_per_image 4"):
+        Florence2DataModule(synthetic_dir=str(tmp_path), batch_size=6, tasks_per_image=4)
+    with pytest.raises(ConfigError, match=r"invalid model configuration:\n  - model.vision_lr_scale"):
+        Florence2LitModule(vision_lr_scale=0)
+    # Files on disk are a fit's concern, not the constructor's: building with a path to come is fine.
+    Florence2DataModule(train_files=[str(tmp_path / "later.jsonl")], tokenizer=str(tmp_path / "tok"))

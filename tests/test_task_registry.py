@@ -117,6 +117,8 @@ def test_unknown_tasks_are_refused_in_one_place_naming_the_known_ones(shape_task
     with pytest.raises(KeyError, match="<SHAPE_BOX>"):
         get_task("<A>")
     dm = Florence2DataModule(
-        synthetic_dir=str(tmp_path / "never"), tasks=["shape_box"], task_weights={"object_detection": 1}
+        synthetic_dir=str(tmp_path / "never"),
+        tasks=["shape_box", "<OD>"],
+        task_weights={"object_detection": 1},
     )
-    assert (dm.tasks, dm.task_weights) == ([TOKEN], {"<OD>": 1})
+    assert (dm.tasks, dm.task_weights) == ([TOKEN, "<OD>"], {"<OD>": 1})

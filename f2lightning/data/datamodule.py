@@ -12,20 +12,22 @@ import logging
 import random
 import warnings
 from collections import defaultdict
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import lightning as L
 import torch
 from lightning.fabric.utilities.warnings import PossibleUserWarning
 from torch.utils.data import DataLoader
 
+from f2lightning.checks import is_count, is_path, is_positive, raise_problems
 from f2lightning.data.dataset import Collator, MultitaskDataset, SizeMismatch
 from f2lightning.data.expand import Sample, expand
 from f2lightning.data.records import SkipReport, read_records
 from f2lightning.data.sampler import MixedTaskSampler, ResumableBatchSampler
 from f2lightning.processor import Florence2Processor
-from f2lightning.tasks import TASKS, task_tokens
+from f2lightning.tasks import TASKS, UnknownTaskError, task_tokens
 from f2lightning.tasks.locations import ADDED_TOKEN_PATTERN
 
 log = logging.getLogger(__name__)
@@ -92,22 +94,11 @@ class Florence2DataModule(L.LightningDataModule):
         """
         super().__init__()
         self.save_hyperparameters()
+        raise_problems(data_problems(self.hparams, files=False), "data configuration")
         if synthetic_dir is not None:
             train_files = train_files or [str(Path(synthetic_dir) / "train.jsonl")]
             val_files = val_files or [str(Path(synthetic_dir) / "val.jsonl")]
             tokenizer = tokenizer or str(Path(synthetic_dir) / "tokenizer")
-        if not train_files and streaming_dir is None:
-            raise ValueError("give train_files (record JSONL), synthetic_dir or streaming_dir")
-        if tokenizer is None:
-            raise ValueError("give a tokenizer directory (e.g. a local copy of facebook/bart-base)")
-        if image_size % 32:
-            raise ValueError(f"image_size must be a multiple of 32 (DaViT's stride), got {image_size}")
-        if warmup_task_steps and streaming_dir is not None:
-            raise ValueError("warmup_task_steps applies to record files, not to streaming_dir")
-        if tasks_per_image < 1 or batch_size % tasks_per_image:
-            raise ValueError(
-                f"batch_size {batch_size} must be a positive multiple of tasks_per_image {tasks_per_image}"
-            )
         # Tasks as tokens from here on (the registry refuses unknown ones, naming the known tasks).
         self.tasks = task_tokens(tasks) if tasks else None
         self.task_weights = _by_token(task_weights)
@@ -277,6 +268,78 @@ class Florence2DataModule(L.LightningDataModule):
             )
 
 
+def data_problems(hp: Mapping[str, Any], files: bool = True) -> list[str]:
+    """Every rule on the data's own settings (`Florence2DataModule`'s arguments, raw as a config gives them);
+    `files`: also that the record files and tokenizer are on disk (a fit needs them, building does not)."""
+    tasks, weights = hp.get("tasks") or [], hp.get("task_weights") or {}
+    if not isinstance(tasks, list | tuple) or not isinstance(weights, Mapping):
+        return [
+            f"data.tasks must be a list of task tokens and data.task_weights a mapping, got {tasks!r} / {weights!r}"
+        ]
+    problems, warmup = [], hp.get("warmup_task_weights") or {}
+    try:
+        task_tokens([*tasks, *weights, *(warmup if isinstance(warmup, Mapping) else {})])
+    except UnknownTaskError as error:
+        problems.append(f"data: {error}")
+    else:  # names and tokens of one task are the same task
+        tasks, weights = task_tokens(tasks), _by_token(weights)
+        warmup = _by_token(warmup) if isinstance(warmup, Mapping) else warmup
+    bad_weights = {task: w for task, w in weights.items() if not is_positive(w)}
+    if bad_weights:
+        problems.append(f"data.task_weights must be positive finite numbers, got {bad_weights}")
+    if tasks and weights and set(weights) - set(tasks):
+        problems.append(
+            f"data.task_weights name tasks not in data.tasks: {sorted(map(str, set(weights) - set(tasks)))}"
+        )
+    if (
+        not isinstance(warmup, Mapping)
+        or not all(is_positive(w) or w == 0 for w in warmup.values())
+        or (warmup and not any(is_positive(w) for w in warmup.values()))
+    ):
+        problems.append(
+            f"data.warmup_task_weights must map tasks to non-negative numbers, one positive, got {warmup!r}"
+        )
+    elif set(warmup) - set(tasks or weights or TASKS):
+        problems.append(
+            f"data.warmup_task_weights name tasks that are not trained on: {sorted(map(str, set(warmup) - set(tasks or weights or TASKS)))}"
+        )
+    if bool(hp.get("warmup_task_steps")) != bool(warmup):
+        problems.append(
+            "data.warmup_task_weights and data.warmup_task_steps go together: give both or neither"
+        )
+    if not (hp.get("train_files") or hp.get("synthetic_dir") or hp.get("streaming_dir")):
+        problems.append("data: give train_files (record JSONL), synthetic_dir or streaming_dir")
+    if not (hp.get("tokenizer") or hp.get("synthetic_dir")):
+        problems.append("data: give a tokenizer directory (e.g. a local copy of facebook/bart-base)")
+    if hp.get("warmup_task_steps") and hp.get("streaming_dir"):
+        problems.append("data.warmup_task_steps applies to record files, not to streaming_dir")
+    batch_size, per_image = hp.get("batch_size", 8), hp.get("tasks_per_image", 1)
+    if is_count(batch_size) and not (is_count(per_image) and batch_size % per_image == 0):
+        problems.append(
+            f"data.batch_size {batch_size} must be a positive multiple of tasks_per_image {per_image}"
+        )
+    image_size = hp.get("image_size", 768)
+    if not is_count(image_size) or image_size % 32:
+        problems.append(
+            f"data.image_size must be a positive multiple of 32 (DaViT's stride), got {image_size}"
+        )
+    for key in ("batch_size", "max_prompt_length", "max_target_length"):
+        if not is_count(hp.get(key, 1)):
+            problems.append(f"data.{key} must be >= 1, got {hp.get(key)}")
+    if hp.get("on_bad_sample", "skip") not in ("raise", "skip"):
+        problems.append(f"data.on_bad_sample must be 'raise' or 'skip', got {hp.get('on_bad_sample')!r}")
+    if files and not hp.get("synthetic_dir"):
+        # The synthetic dataset (and its tokenizer) is written by prepare_data; real files must exist now.
+        files = [hp.get("train_files") or [], hp.get("val_files") or []]
+        for file in [f for group in files for f in (group if isinstance(group, list | tuple) else [group])]:
+            if not is_path(file, Path.is_file):
+                problems.append(f"data: record file {file} does not exist")
+        tokenizer = hp.get("tokenizer")
+        if tokenizer and not is_path(tokenizer, Path.is_dir):
+            problems.append(f"data.tokenizer {tokenizer} is not a directory")
+    return problems
+
+
 def _by_token(weights: dict[str, float] | None) -> dict[str, float] | None:
     return dict(zip(task_tokens(weights), weights.values(), strict=True)) if weights else weights
 
@@ -303,4 +366,4 @@ def train_tokenizer_on_records(files: list[str], out_dir: Path, vocab_size: int)
     return Path(out_dir)
 
 
-__all__ = ["Florence2DataModule", "train_tokenizer_on_records"]
+__all__ = ["Florence2DataModule", "data_problems", "train_tokenizer_on_records"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from f2lightning.allocator import keep_freed_cpu_memory
@@ -24,6 +26,13 @@ class Florence2CLI(LightningCLI):
             default="auto",
             help="auto: without --ckpt_path, resume from the newest good checkpoint of this run",
         )
+
+    def instantiate_classes(self) -> None:
+        # Every problem of a fit, in one message, before any constructor (each checks only its own part) runs.
+        if self.subcommand == "fit":
+            config = self.config["fit"]
+            validate_fit(_plain(config.get("model")), _plain(config.get("data")), config.get("ckpt_path"))
+        super().instantiate_classes()
 
     def before_fit(self) -> None:
         config = self.config_init[self.subcommand]
@@ -57,3 +66,8 @@ def _has_omegaconf() -> bool:
     except ImportError:
         return False
     return True
+
+
+def _plain(section: Any) -> dict[str, Any]:
+    # A parsed section (jsonargparse Namespace) as the plain mapping the checks read; absent means defaults.
+    return section.as_dict() if section is not None else {}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from torch.optim.lr_scheduler import LambdaLR
 from transformers.models.bart.modeling_bart import shift_tokens_right
 
+from f2lightning.checks import is_count, is_path, is_positive, raise_problems
 from f2lightning.model import Florence2, Florence2Config
 from f2lightning.model.checkpoints import init_language_model, init_vision_tower, read_tokenizer
 from f2lightning.processor import Florence2Processor
@@ -32,6 +34,59 @@ log = logging.getLogger(__name__)
 
 class NonFiniteLossError(RuntimeError):
     """Too many consecutive steps with a NaN / Inf loss or gradient."""
+
+
+def model_config(hp: Mapping[str, Any]) -> Florence2Config | None:
+    """The architecture the module will build, when it can be known without loading weights."""
+    pretrained = hp.get("pretrained")
+    try:
+        if pretrained:
+            if not is_path(Path(str(pretrained)) / "config.json", Path.is_file):
+                return None  # a .ckpt or a bare weights file: its config is only known once it is read
+            config = Florence2Config.from_hf_config(Path(str(pretrained)) / "config.json")
+        else:
+            config = Florence2Config.preset(
+                hp.get("preset", "tiny"), **dict(hp.get("config_overrides") or {})
+            )
+        image_size = hp.get("image_size")
+        return config.replace(image_size=image_size) if image_size else config
+    except (KeyError, TypeError, ValueError):
+        return None  # reported by model_problems
+
+
+def model_problems(hp: Mapping[str, Any], files: bool = True) -> list[str]:
+    """Every rule on the module's own settings (`Florence2LitModule`'s arguments, raw as a config gives them);
+    `files`: also that `pretrained` is on disk (a fit needs it, building the module does not)."""
+    problems = []
+    pretrained = hp.get("pretrained")
+    if files and pretrained and not is_path(pretrained, Path.exists):
+        problems.append(f"model.pretrained {pretrained} does not exist")
+    if not pretrained:
+        try:
+            Florence2Config.preset(hp.get("preset", "tiny"), **dict(hp.get("config_overrides") or {}))
+        except (KeyError, TypeError, ValueError) as error:
+            problems.append(f"model.preset / config_overrides: {error}")
+    if not is_positive(hp.get("lr", 1.0)):
+        problems.append(f"model.lr must be a positive number, got {hp.get('lr')}")
+    if not is_positive(hp.get("vision_lr_scale", 1.0)):
+        problems.append(
+            f"model.vision_lr_scale must be a positive number, got {hp.get('vision_lr_scale')} "
+            "(use model.freeze_vision to keep the image encoder fixed)"
+        )
+    hold_steps = hp.get("hold_encoders_steps", 0)
+    if not (hold_steps == 0 or is_count(hold_steps)):
+        problems.append(f"model.hold_encoders_steps must be a whole number >= 0, got {hold_steps!r}")
+    if not is_count(hp.get("max_nonfinite_steps", 1)):
+        problems.append(f"model.max_nonfinite_steps must be >= 1, got {hp.get('max_nonfinite_steps')}")
+    config = model_config(hp)
+    stages = hp.get("freeze_vision_stages", 0)
+    if config is not None and not (
+        stages == 0 or (is_count(stages) and stages <= len(config.vision.embed_dims))
+    ):
+        problems.append(
+            f"model.freeze_vision_stages={stages} is out of range: the vision tower has stages 1..{len(config.vision.embed_dims)}"
+        )
+    return problems
 
 
 class Florence2LitModule(L.LightningModule):
@@ -86,6 +141,7 @@ class Florence2LitModule(L.LightningModule):
         """
         super().__init__()
         self.save_hyperparameters()
+        raise_problems(model_problems(self.hparams, files=False), "model configuration")
         self.model: Florence2 | None = None
         self.processor: Florence2Processor | None = None
         self.quality: TaskQuality | None = None
