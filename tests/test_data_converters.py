@@ -20,7 +20,7 @@ from pycocotools import mask as mask_utils
 
 from f2lightning.cli import main
 from f2lightning.data.commands import register_cli
-from f2lightning.data.converters import CONVERTERS, ConversionError, ConversionReport, get_converter
+from f2lightning.data.converters import CONVERTERS, ConversionError, get_converter
 from f2lightning.data.converters.base import checked_records
 from f2lightning.data.converters.coco import (
     coco_polygons,
@@ -37,6 +37,7 @@ from f2lightning.data.converters.vqa import convert_textcaps, convert_textvqa, c
 from f2lightning.data.expand import task_annotations
 from f2lightning.data.records import read_records
 from f2lightning.data.schema import Record, Region
+from f2lightning.data.skips import SkipReport
 from f2lightning.geometry import signed_area
 
 
@@ -113,7 +114,7 @@ def coco_instances(tmp_path) -> str:
 
 
 def test_coco_instances(tmp_path) -> None:
-    report = ConversionReport()
+    report = SkipReport()
     records = convert_coco_instances(coco_instances(tmp_path), "images", report=report)
     valid(records)
     (r,) = records  # image 2 has no annotations
@@ -147,7 +148,7 @@ def test_coco_uncompressed_rle_polygon_covers_the_mask() -> None:
             last, run = v, 0
         run += 1
     counts.append(run)
-    (polygon,) = coco_polygons({"size": [40, 50], "counts": counts}, 50, 40, ConversionReport())
+    (polygon,) = coco_polygons({"size": [40, 50], "counts": counts}, 50, 40, SkipReport())
     assert signed_area(polygon) > 0
     drawn = mask_utils.decode(mask_utils.frPyObjects([polygon], 40, 50)).squeeze()
     iou = (drawn & mask).sum() / (drawn | mask).sum()
@@ -169,7 +170,7 @@ def test_coco_captions(tmp_path) -> None:
             ],
         },
     )
-    report = ConversionReport()
+    report = SkipReport()
     (r,) = convert_coco_captions(path, "coco", report=report)
     valid([r])
     assert r.texts == {"brief": ["A dog runs.", "A brown dog."]} and r.image == "coco/5.jpg"
@@ -215,7 +216,7 @@ def test_karpathy_splits(tmp_path) -> None:
             ],
         },
     )
-    report = ConversionReport()
+    report = SkipReport()
     records = convert_karpathy(path, tmp_path / "coco", splits=["train", "restval"], report=report)
     valid(records)
     assert [(r.id, r.width, r.height, r.texts["brief"]) for r in records] == [("11", 40, 30, ["A cat."])]
@@ -313,7 +314,7 @@ def test_flickr30k_entities(tmp_path) -> None:
         "[/EN#0/notvisual Nobody] .\n"
     )
     (tmp_path / "train.txt").write_text("1000\n")
-    report = ConversionReport()
+    report = SkipReport()
     (r,) = convert_flickr30k_entities(
         tmp_path / "Sentences",
         tmp_path / "Annotations",
@@ -364,7 +365,7 @@ def test_vqav2(tmp_path) -> None:
             ]
         },
     )
-    report = ConversionReport()
+    report = SkipReport()
     (r,) = convert_vqav2(questions, annotations, tmp_path / "train2014", report=report)
     valid([r])
     assert (r.width, r.height, [q.question for q in r.vqa]) == (50, 40, ["What color?", "How many?"])
@@ -428,7 +429,7 @@ def test_textvqa_and_textcaps(tmp_path) -> None:
             ],
         },
     )
-    report = ConversionReport()
+    report = SkipReport()
     (r,) = convert_textcaps(textcaps, "textcaps", report=report)
     valid([r])
     assert r.image == "textcaps/train/abc.jpg" and r.texts == {
@@ -456,7 +457,7 @@ def test_vizwiz(tmp_path) -> None:
             vizwiz_entry("VizWiz_val_00000001.jpg", "Where am I?", ["unanswerable"]),
         ],
     )
-    report = ConversionReport()
+    report = SkipReport()
     (r,) = convert_vizwiz(annotations, tmp_path / "val", report=report)
     valid([r])
     assert (r.id, r.source, r.width, r.height) == ("VizWiz_val_00000000.jpg", "vizwiz", 64, 48)
@@ -500,7 +501,7 @@ def test_icdar2015(tmp_path) -> None:
         encoding="utf-8",
     )
     (tmp_path / "gt" / "gt_img_2.txt").write_text("1,1,5,1,5,5,1,5,###\n", encoding="utf-8")
-    report = ConversionReport()
+    report = SkipReport()
     (r,) = convert_icdar2015(tmp_path / "gt", tmp_path / "images", report=report)
     valid([r])
     assert [o.text for o in r.ocr] == ["Genaxis Theatre", "1,000"]
@@ -556,14 +557,13 @@ def test_convert_cli_writes_paths_relative_to_the_output(tmp_path, capsys) -> No
 
 
 def test_report_lists_only_reasons_that_occurred(tmp_path) -> None:
-    report = ConversionReport()
+    report = SkipReport()
     convert_coco_instances(coco_instances(tmp_path), "images", report=report)
     # Annotation 10 has a finite 4-number polygon dropped as too short; no polygon is non-finite,
     # so non_finite_polygon (dropped with n=0 by coco_polygons) must not be listed.
     assert "non_finite_polygon" not in report.dropped and ": 0" not in str(report)
-    assert str(report) == (
-        "1 record(s); dropped box_without_area: 1, crowd_region: 1, image_without_regions: 1, "
-        "polygon_under_3_points: 1"
+    assert report.records == 1 and str(report) == (
+        "dropped 4 (box_without_area: 1, crowd_region: 1, image_without_regions: 1, polygon_under_3_points: 1)"
     )
 
 
@@ -576,10 +576,10 @@ def test_schema_invalid_records_are_counted_not_returned() -> None:
     outside = Record(image="b.jpg", width=10, height=10, regions=[Region(box=[0, 0, 20, 5])])
 
     @checked_records
-    def convert(*, report: ConversionReport) -> list[Record]:
+    def convert(*, report: SkipReport) -> list[Record]:
         return [good, outside]
 
-    report = ConversionReport()
+    report = SkipReport()
     assert convert(report=report) == [good]
     assert report.records == 1 and report.dropped == {"invalid_record_box_outside_image": 1}
     (example,) = report.examples["invalid_record_box_outside_image"]
@@ -764,7 +764,7 @@ def test_one_bad_coco_annotation_is_a_counted_drop(tmp_path, case) -> None:
     reason, mutate = BAD_ANNOTATIONS[case]
     data = coco_file()
     mutate(data)
-    report = ConversionReport()
+    report = SkipReport()
     (r,) = convert_coco_instances(
         dump(tmp_path / "instances.json", data), "images", crowd="keep", report=report
     )
@@ -782,7 +782,7 @@ def test_valid_rle_strings_decode_to_the_masks_runs() -> None:
         runs = np.diff(np.concatenate([[0], changes, [flat.size]])).tolist()
         expected = runs if not flat[0] else [0, *runs]
         assert rle_string_counts(rle_of(mask)["counts"]) == expected
-    (polygon,) = coco_polygons(rle_of(square), 64, 48, ConversionReport())
+    (polygon,) = coco_polygons(rle_of(square), 64, 48, SkipReport())
     assert polygon == [10, 10, 20, 10, 20, 20, 10, 20]
 
 
@@ -796,7 +796,7 @@ def test_coco_captions_drops_and_errors(tmp_path) -> None:
             {"id": 4, "image_id": 9, "caption": "No such image."},  # annotation_without_image
         ],
     }
-    report = ConversionReport()
+    report = SkipReport()
     (r,) = convert_coco_captions(dump(tmp_path / "captions.json", data), "coco", report=report)
     assert r.texts == {"brief": ["A dog."]}
     assert report.dropped == {"bad_caption": 2, "annotation_without_image": 1}
@@ -909,7 +909,7 @@ def test_karpathy_sentence_without_text_is_counted(tmp_path) -> None:
     image(tmp_path / "coco" / "a.jpg")
     sentences = [{"raw": "A cat."}, {"raw": None}, {"tokens": ["a"]}]
     path = dump(tmp_path / "dataset_coco.json", {"images": [{"filename": "a.jpg", "sentences": sentences}]})
-    report = ConversionReport()
+    report = SkipReport()
     (r,) = convert_karpathy(path, tmp_path / "coco", report=report)
     assert r.texts == {"brief": ["A cat."]} and report.dropped == {"bad_caption": 2}
 
@@ -923,7 +923,7 @@ def test_convert_cli_logs_named_examples_of_drops(tmp_path, capsys, caplog) -> N
             ["convert", "coco-instances", dump(tmp_path / "i.json", data), "--image-dir", "x", "-o", str(out)]
         )
     assert status == 0 and len(read_records(out)) == 1
-    assert "1 record(s); dropped annotation_without_image: 1" in capsys.readouterr().out
+    assert "1 record(s); dropped 1 (annotation_without_image: 1)" in capsys.readouterr().out
     assert "dropped 1 annotation_without_image, e.g. annotation 2: image_id 5" in caplog.text
 
 
@@ -936,7 +936,7 @@ def test_vqa_questions_that_cannot_be_used_are_counted(tmp_path) -> None:
     answers = [{"question_id": i, "answers": answer} for i in range(3)] + [
         {"question_id": 3, "answers": "yes"}
     ]
-    report = ConversionReport()
+    report = SkipReport()
     (r,) = convert_vqav2(
         dump(tmp_path / "q.json", {"data_subtype": "val2014", "questions": questions}),
         dump(tmp_path / "a.json", {"annotations": answers}),
@@ -969,7 +969,7 @@ def test_flickr30k_missing_files_are_counted_per_image_and_named(tmp_path) -> No
     (tmp_path / "Sentences" / "1000.txt").write_text("[/EN#18/people Two men] walk .\n")
     (tmp_path / "Sentences" / "2000.txt").write_text("[/EN#1/people A man] .\n")  # its XML is missing
     (tmp_path / "Annotations" / "3000.xml").write_text(FLICKR_XML)  # its sentences are missing
-    report = ConversionReport()
+    report = SkipReport()
     ids = ["1000", "2000", "3000"]
     (r,) = convert_flickr30k_entities(
         tmp_path / "Sentences", tmp_path / "Annotations", "img", ids=ids, report=report

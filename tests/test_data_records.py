@@ -7,8 +7,9 @@ import logging
 
 import pytest
 
-from f2lightning.data.records import SkipReport, read_records, write_records
+from f2lightning.data.records import read_records, write_records
 from f2lightning.data.schema import BadRecordError, Record, Region
+from f2lightning.data.skips import SkipReport
 
 GOOD = {
     "image": "img.png",
@@ -57,13 +58,13 @@ def test_skip_counts_with_reason(tmp_path, caplog, reason: str) -> None:
     with caplog.at_level(logging.WARNING):
         records = read_records(path, "skip", check_images=True, categories=["dog"], report=report)
     assert len(records) == 2
-    assert report.counts == {reason: 1}
+    assert report.dropped == {reason: 1}
     assert report.examples[reason][0].startswith("data.jsonl:2: ")
     assert f"{reason}: 1" in caplog.text  # never silent
 
     report.write(tmp_path / "skips.json")
     written = json.loads((tmp_path / "skips.json").read_text())
-    assert written["total"] == 1 and written["counts"] == {reason: 1}
+    assert written["total"] == 1 and written["dropped"] == {reason: 1}
 
 
 def test_image_paths_resolve_against_the_jsonl_folder(tmp_path) -> None:
@@ -85,7 +86,7 @@ def test_report_keeps_only_a_few_examples() -> None:
     for i in range(5):
         report.add(BadRecordError(f"f.jsonl:{i}", "bad_box", "no area"))
     assert report.total == 5 and len(report.examples["bad_box"]) == 2
-    assert str(report) == "skipped 5 record(s) (bad_box: 5)"
+    assert str(report) == "dropped 5 (bad_box: 5)"
 
 
 def test_unknown_mode(tmp_path) -> None:
@@ -106,7 +107,7 @@ def test_json_python_cannot_decode_is_a_malformed_line(tmp_path, line: bytes) ->
     assert info.value.reason == "malformed_json"
     report = SkipReport()
     assert len(read_records(path, "skip", report=report)) == 2
-    assert report.counts == {"malformed_json": 1}
+    assert report.dropped == {"malformed_json": 1}
 
 
 def test_a_byte_order_mark_before_the_first_record_is_read_past(tmp_path) -> None:

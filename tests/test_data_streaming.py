@@ -18,8 +18,9 @@ from f2lightning.cli import main as cli_main
 from f2lightning.data.datamodule import Florence2DataModule
 from f2lightning.data.dataset import Collator, MultitaskDataset
 from f2lightning.data.expand import expand
-from f2lightning.data.records import SkipReport, read_records
+from f2lightning.data.records import read_records
 from f2lightning.data.schema import BadRecordError
+from f2lightning.data.skips import SkipReport
 from f2lightning.data.streaming import ShardError, build_stream, streaming_loader, write_shards
 from f2lightning.data.synthetic import SyntheticConfig, make_synthetic
 from f2lightning.processor import Florence2Processor
@@ -187,7 +188,7 @@ def test_unreadable_images_are_counted_when_sharding_and_when_streaming(tmp_path
     assert cli_main([*argv, "--report", str(report_path)]) == 0
     assert "wrote 2 samples" in capsys.readouterr().out
     report = json.loads(report_path.read_text())
-    assert report["counts"] == {"bad_image": 1, "missing_image": 1}
+    assert report["dropped"] == {"bad_image": 1, "missing_image": 1}
 
     loader = streaming_loader(build_stream(str(tmp_path / "shards"), processor), processor, 2, 0)
     batches = list(loader)

@@ -21,8 +21,9 @@ from f2lightning.data.converters.coco import convert_coco_instances
 from f2lightning.data.converters.icdar import parse_gt_line
 from f2lightning.data.dataset import Collator, MultitaskDataset
 from f2lightning.data.expand import expand
-from f2lightning.data.records import SkipReport, read_records
+from f2lightning.data.records import read_records
 from f2lightning.data.schema import BadRecordError, Record
+from f2lightning.data.skips import SkipReport
 from f2lightning.data.synthetic import SyntheticConfig, render_scene
 from f2lightning.model.config import Florence2Config
 from f2lightning.processor import Florence2Processor

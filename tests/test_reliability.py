@@ -22,8 +22,9 @@ from PIL import Image
 
 from f2lightning.data.datamodule import Florence2DataModule
 from f2lightning.data.dataset import Collator
-from f2lightning.data.records import SkipReport, read_records
+from f2lightning.data.records import read_records
 from f2lightning.data.schema import BadRecordError, Record
+from f2lightning.data.skips import SkipReport
 from f2lightning.images import BadImageError, load_image
 from f2lightning.model import Florence2, Florence2Config
 from f2lightning.model.checkpoints import CheckpointError
@@ -145,7 +146,7 @@ def test_non_utf8_line_is_counted_or_raised(tmp_path):
     )
     report = SkipReport()
     assert len(read_records(path, "skip", report=report)) == 1
-    assert report.counts == {"not_utf8": 1}
+    assert report.dropped == {"not_utf8": 1}
     with pytest.raises(BadRecordError, match=r"mixed.jsonl:2: line is not valid UTF-8"):
         read_records(path, "raise")
 
@@ -213,9 +214,10 @@ def test_images_deleted_mid_epoch_are_counted_and_reported_in_the_run_dir(synthe
     trainer = helpers.trainer(run, max_steps=-1, max_epochs=1, callbacks=[DeleteImages(doomed)])
     trainer.fit(helpers.module(), helpers.datamodule(data, epoch_length=16))
     records = json.loads((run / "skipped_records.json").read_text())
-    assert records["counts"] == {"bad_field": 1, "malformed_json": 1}
+    assert records["dropped"] == {"bad_field": 1, "malformed_json": 1}
     images = json.loads((run / "skipped_images_epoch0.json").read_text())
-    assert images["total"] > 0 and images["reasons"] == {"missing_image": images["total"]}
+    skipped = images["skipped"]
+    assert skipped["total"] > 0 and skipped["dropped"] == {"missing_image": skipped["total"]}
 
 
 def test_a_bad_validation_image_is_counted_and_reported_not_dropped_silently(synthetic, tmp_path):
@@ -232,8 +234,8 @@ def test_a_bad_validation_image_is_counted_and_reported_not_dropped_silently(syn
     trainer = helpers.trainer(run, max_steps=1, limit_val_batches=None)
     trainer.validate(helpers.module(), dm)
     report = json.loads((run / "skipped_images_val_step000000.json").read_text())
-    assert report["stage"] == "val" and report["reasons"] == {"undecodable_image": expected}
-    assert all(doomed in message for message in report["samples"])
+    assert report["stage"] == "val" and report["skipped"]["dropped"] == {"undecodable_image": expected}
+    assert all(doomed in message for message in report["skipped"]["examples"]["undecodable_image"])
     assert trainer.callback_metrics["val/skipped_images"] == expected
 
 

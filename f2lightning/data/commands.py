@@ -11,8 +11,9 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from f2lightning.data.converters import CONVERTERS, ConversionError, ConversionReport, get_converter
-from f2lightning.data.records import SkipReport, write_records
+from f2lightning.data.converters import CONVERTERS, ConversionError, get_converter
+from f2lightning.data.records import write_records
+from f2lightning.data.skips import SkipReport
 from f2lightning.data.synthetic import SyntheticConfig, make_synthetic
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ def run_convert(args: argparse.Namespace) -> int:
     wrong command line: the message names the file, and a traceback would only bury it."""
     converter = get_converter(args.format)
     accepted = inspect.signature(converter.convert).parameters
-    report = ConversionReport()
+    report = SkipReport()
     try:
         records = converter.convert(**{k: v for k, v in vars(args).items() if k in accepted}, report=report)
     except ConversionError as error:
@@ -75,7 +76,7 @@ def run_convert(args: argparse.Namespace) -> int:
     write_records(records, out)
     for reason, examples in sorted(report.examples.items()):
         log.warning("dropped %d %s, e.g. %s", report.dropped[reason], reason, "; ".join(examples))
-    print(f"{args.format}: wrote {out}: {report}")
+    print(f"{args.format}: wrote {out}: {report.records} record(s); {report}")
     return 0
 
 

@@ -24,8 +24,9 @@ from torch.utils.data import DataLoader
 from f2lightning.checks import is_count, is_path, is_positive, raise_problems
 from f2lightning.data.dataset import Collator, MultitaskDataset, SizeMismatch
 from f2lightning.data.expand import Sample, expand
-from f2lightning.data.records import SkipReport, read_records
+from f2lightning.data.records import read_records
 from f2lightning.data.sampler import MixedTaskSampler, ResumableBatchSampler
+from f2lightning.data.skips import SkipReport
 from f2lightning.processor import Florence2Processor
 from f2lightning.tasks import TASKS, UnknownTaskError, task_tokens
 from f2lightning.tasks.locations import ADDED_TOKEN_PATTERN

@@ -6,48 +6,16 @@ import codecs
 import json
 import logging
 import os
-from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from f2lightning.data.schema import BadRecordError, Record
+from f2lightning.data.skips import SkipReport
 
 log = logging.getLogger(__name__)
 
 OnBadSample = Literal["raise", "skip"]
-
-
-@dataclass
-class SkipReport:
-    """What was skipped and why: counts per reason plus the first few examples of each."""
-
-    max_examples: int = 5
-    counts: Counter = field(default_factory=Counter)
-    examples: dict[str, list[str]] = field(default_factory=dict)
-
-    @property
-    def total(self) -> int:
-        return sum(self.counts.values())
-
-    def add(self, error: BadRecordError) -> None:
-        self.counts[error.reason] += 1
-        shown = self.examples.setdefault(error.reason, [])
-        if len(shown) < self.max_examples:
-            shown.append(str(error))
-
-    def to_json(self) -> dict:
-        return {"total": self.total, "counts": dict(self.counts), "examples": self.examples}
-
-    def write(self, path: str | os.PathLike) -> None:
-        Path(path).write_text(
-            json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
-        )
-
-    def __str__(self) -> str:
-        reasons = ", ".join(f"{reason}: {n}" for reason, n in self.counts.most_common())
-        return f"skipped {self.total} record(s) ({reasons})" if self.total else "skipped nothing"
 
 
 def read_records(

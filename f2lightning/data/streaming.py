@@ -38,8 +38,9 @@ from PIL import Image
 
 from f2lightning.data.dataset import Collator, SizeMismatch, fit_declared_size, skipped_item
 from f2lightning.data.expand import expand
-from f2lightning.data.records import OnBadSample, SkipReport, read_records
+from f2lightning.data.records import OnBadSample, read_records
 from f2lightning.data.schema import BadRecordError
+from f2lightning.data.skips import SkipReport
 from f2lightning.images import BadImageError, load_image_bytes
 from f2lightning.processor import Florence2Processor
 from f2lightning.tasks import TASKS, get_task, task_tokens

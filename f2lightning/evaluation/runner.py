@@ -30,8 +30,9 @@ from typing import Any
 import torch
 import yaml
 
-from f2lightning.data.converters import ConversionReport, get_converter
+from f2lightning.data.converters import get_converter
 from f2lightning.data.converters.base import path_parameters
+from f2lightning.data.skips import SkipReport
 from f2lightning.evaluation.answer_files import ANSWER_FORMATS, write_answers
 from f2lightning.evaluation.benchmarks import Benchmark, get_benchmark
 from f2lightning.evaluation.generation import EvalSample, Generation, GenerationSettings, box_scores, generate
@@ -100,12 +101,12 @@ def _answers_only(data: dict[str, Any]) -> bool:
 
 def load_samples(
     config: BenchmarkConfig, split: str, data_root: str | Path = "."
-) -> tuple[list[EvalSample], ConversionReport]:
+) -> tuple[list[EvalSample], SkipReport]:
     """The split's samples, read from the public files with the record converters (or the kind's own reader);
     for a split with private answers, its questions without targets."""
     data = dict(config.data)
     fmt = data.pop("format")
-    report = ConversionReport()
+    report = SkipReport()
     kind = config.benchmark.kind
     if _answers_only(config.data):
         load = ANSWER_FORMATS[fmt].load

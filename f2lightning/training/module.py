@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from transformers.models.bart.modeling_bart import shift_tokens_right
 
 from f2lightning.checks import is_count, is_path, is_positive, raise_problems
+from f2lightning.data.skips import SkipReport
 from f2lightning.model import Florence2, Florence2Config
 from f2lightning.model.checkpoints import init_language_model, init_vision_tower, read_tokenizer
 from f2lightning.processor import Florence2Processor
@@ -400,17 +400,17 @@ class Florence2LitModule(L.LightningModule):
             self.log(f"{stage}/rewritten_images", float(len(rewritten)), rank_zero_only=True)
         if not (skipped or rewritten) or self.global_rank != 0:
             return
-        report = {
-            "stage": stage, "epoch": self.current_epoch, "step": self.global_step, "total": len(skipped),
-            "reasons": dict(Counter(e["reason"] for e in skipped)), "samples": [e["message"] for e in skipped[:100]],
-            "rewritten": dict(Counter(e["reason"] for e in rewritten)),
-            "rewritten_samples": [e["message"] for e in rewritten[:100]],
-        }  # fmt: skip
+        reports = {kind: SkipReport(max_examples=100) for kind in ("skipped", "rewritten")}
+        for kind, kind_events in (("skipped", skipped), ("rewritten", rewritten)):
+            for event in kind_events:
+                reports[kind].drop(event["reason"], example=event["message"])
+        report = {"stage": stage, "epoch": self.current_epoch, "step": self.global_step}
+        report |= {kind: kind_report.to_json() for kind, kind_report in reports.items()}
         path = Path(self.trainer.log_dir or self.trainer.default_root_dir) / f"skipped_images_{suffix}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(report, indent=2))
-        log.warning("%s: skipped %d sample(s) with unusable images %s, rewrote %d %s; report in %s", when,
-                    len(skipped), report["reasons"], len(rewritten), report["rewritten"], path)  # fmt: skip
+        log.warning("%s: samples whose image was unusable: %s; rewritten: %s; report in %s", when,
+                    reports["skipped"], reports["rewritten"], path)  # fmt: skip
 
     # ------------------------------------------------------------------ optimization
     def configure_optimizers(self) -> dict[str, Any]:

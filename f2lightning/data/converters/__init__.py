@@ -4,7 +4,6 @@ from f2lightning.data.converters import coco, flickr30k, icdar, refcoco, vizwiz,
 from f2lightning.data.converters.base import (
     CONVERTERS,
     ConversionError,
-    ConversionReport,
     Converter,
     get_converter,
     path_parameters,
@@ -13,7 +12,6 @@ from f2lightning.data.converters.base import (
 __all__ = [
     "CONVERTERS",
     "ConversionError",
-    "ConversionReport",
     "Converter",
     "get_converter",
     "path_parameters",

@@ -10,17 +10,14 @@ import json
 import math
 import os
 import typing
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from PIL import Image
 
 from f2lightning.data.schema import BadRecordError, Record
-
-# How many offending items a report names per reason: enough to find the pattern, short enough to read.
-EXAMPLES_PER_REASON = 3
+from f2lightning.data.skips import SkipReport
 
 
 class ConversionError(ValueError):
@@ -40,30 +37,6 @@ class BadAnnotation(Exception):
     def __init__(self, reason: str):
         super().__init__(reason)
         self.reason = reason
-
-
-@dataclass
-class ConversionReport:
-    """Counts of what a converter left out and why (crowd boxes, don't-care text, ...): a
-    conversion never drops anything without saying so. ``examples`` names the first few
-    dropped items per reason (a file, an annotation id) so they can be looked up."""
-
-    records: int = 0
-    dropped: Counter = field(default_factory=Counter)
-    examples: dict[str, list[str]] = field(default_factory=dict)
-
-    def drop(self, reason: str, n: int = 1, example: str | None = None) -> None:
-        if n <= 0:  # callers pass "how many of these were bad"; a reason that never occurred is not listed
-            return
-        self.dropped[reason] += n
-        if example is not None:
-            named = self.examples.setdefault(reason, [])
-            if len(named) < EXAMPLES_PER_REASON:
-                named.append(example)
-
-    def __str__(self) -> str:
-        dropped = ", ".join(f"{reason}: {n}" for reason, n in sorted(self.dropped.items()))
-        return f"{self.records} record(s)" + (f"; dropped {dropped}" if dropped else "")
 
 
 @dataclass(frozen=True)
@@ -122,7 +95,7 @@ def checked_records(convert: Callable[..., list[Record]]) -> Callable[..., list[
     signature = inspect.signature(convert)
 
     @functools.wraps(convert)
-    def wrapper(*args: Any, report: ConversionReport | None = None, **kwargs: Any) -> list[Record]:
+    def wrapper(*args: Any, report: SkipReport | None = None, **kwargs: Any) -> list[Record]:
         report = with_report(report)
         kept = []
         for record in convert(*args, report=report, **kwargs):
@@ -154,9 +127,9 @@ def read_image_size(path: str) -> tuple[int, int] | None:
         return None
 
 
-def with_report(report: ConversionReport | None) -> ConversionReport:
+def with_report(report: SkipReport | None) -> SkipReport:
     """``report``, or a fresh one; for format readers outside the registry (the evaluation's own)."""
-    return report if report is not None else ConversionReport()
+    return report if report is not None else SkipReport()
 
 
 def image_path(image_dir: str | os.PathLike, name: str) -> str:

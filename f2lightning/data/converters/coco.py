@@ -22,9 +22,9 @@ from pycocotools import mask as mask_utils
 
 from f2lightning.data.converters.base import (
     BadAnnotation,
-    ConversionReport,
     Converter,
     JsonFile,
+    SkipReport,
     checked_records,
     image_path,
     is_finite_numbers,
@@ -98,7 +98,7 @@ class CocoFile:
             annotations.append((f"annotation {ann['id']!r}" if "id" in ann else f"annotations[{i}]", ann))
         return cls(coco, images, annotations, names)
 
-    def by_image(self, report: ConversionReport) -> dict[int | str, list[tuple[str, dict]]]:
+    def by_image(self, report: SkipReport) -> dict[int | str, list[tuple[str, dict]]]:
         """Annotations grouped by image; those whose ``image_id`` is not in ``images`` are
         counted as ``annotation_without_image``."""
         grouped = defaultdict(list)
@@ -167,7 +167,7 @@ def coco_rle(segmentation: dict, width: int, height: int) -> dict:
     return mask_utils.frPyObjects({"size": [height, width], "counts": runs}, height, width)
 
 
-def coco_polygons(segmentation: Any, width: int, height: int, report: ConversionReport) -> list[list[float]]:
+def coco_polygons(segmentation: Any, width: int, height: int, report: SkipReport) -> list[list[float]]:
     """Polygons of a COCO segmentation, whatever its encoding.
 
     Polygon lists are clipped to the image; RLE (compressed or not, the crowd encoding) is
@@ -193,9 +193,7 @@ def coco_polygons(segmentation: Any, width: int, height: int, report: Conversion
     raise BadAnnotation("bad_segmentation")
 
 
-def coco_region(
-    ann: dict, categories: dict[int | str, str], image: CocoImage, report: ConversionReport
-) -> Region:
+def coco_region(ann: dict, categories: dict[int | str, str], image: CocoImage, report: SkipReport) -> Region:
     """The region of one instance annotation (box, category, polygons); raises
     :class:`BadAnnotation` with the reason it cannot be one."""
     category_id = ann.get("category_id")
@@ -228,7 +226,7 @@ def convert_coco_instances(
     image_dir: str | os.PathLike,
     *,
     crowd: CrowdPolicy = "skip",
-    report: ConversionReport,
+    report: SkipReport,
 ) -> list[Record]:
     """One record per annotated image of a COCO ``instances_*.json``.
 
@@ -258,7 +256,7 @@ def convert_coco_instances(
 
 @checked_records
 def convert_coco_captions(
-    captions: str | os.PathLike, image_dir: str | os.PathLike, *, report: ConversionReport
+    captions: str | os.PathLike, image_dir: str | os.PathLike, *, report: SkipReport
 ) -> list[Record]:
     """One record per image of a COCO ``captions_*.json``; all captions are brief texts.
     A caption that is not a string is dropped as ``bad_caption``, a blank one as ``empty_caption``."""
@@ -289,7 +287,7 @@ def convert_karpathy(
     image_dir: str | os.PathLike,
     *,
     splits: list[str] | None = None,
-    report: ConversionReport,
+    report: SkipReport,
 ) -> list[Record]:
     """Karpathy's ``dataset_coco.json`` (also ``dataset_flickr30k.json``): captions per image with
     a ``split`` of train / restval / val / test, kept when in ``splits`` (all when None).

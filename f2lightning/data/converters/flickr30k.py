@@ -11,8 +11,8 @@ from pathlib import Path
 
 from f2lightning.data.converters.base import (
     ConversionError,
-    ConversionReport,
     Converter,
+    SkipReport,
     checked_records,
     image_path,
     read_text,
@@ -44,7 +44,7 @@ def parse_sentence(line: str) -> tuple[str, list[tuple[int, int, str]]]:
 
 
 def parse_boxes(
-    xml_path: str | os.PathLike, report: ConversionReport | None = None
+    xml_path: str | os.PathLike, report: SkipReport | None = None
 ) -> tuple[str, int, int, dict[str, list[list[float]]]]:
     """``(filename, width, height, {entity_id: boxes})``. One ``<object>`` may name several
     entities; boxes are VOC-style 1-based inclusive pixels, turned into pixel extents.
@@ -93,7 +93,7 @@ def convert_flickr30k_entities(
     image_dir: str | os.PathLike,
     *,
     ids: list[str] | str | os.PathLike | None = None,
-    report: ConversionReport,
+    report: SkipReport,
 ) -> list[Record]:
     """One record per image with a brief-text grounding per sentence. ``ids`` is a list of image
     ids or a split file (``train.txt``) with one id per line; None converts every annotation file.

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from f2lightning.data.converters.base import (
     ConversionError,
-    ConversionReport,
     Converter,
+    SkipReport,
     checked_records,
     read_image_size,
     read_text,
@@ -38,7 +38,7 @@ def parse_gt_line(line: str) -> tuple[list[float], str]:
 
 @checked_records
 def convert_icdar2015(
-    gt_dir: str | os.PathLike, image_dir: str | os.PathLike, *, report: ConversionReport
+    gt_dir: str | os.PathLike, image_dir: str | os.PathLike, *, report: SkipReport
 ) -> list[Record]:
     """One record per image with its readable text lines.
 

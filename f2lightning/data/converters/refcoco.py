@@ -11,8 +11,8 @@ from typing import Any
 from f2lightning.data.converters.base import (
     BadAnnotation,
     ConversionError,
-    ConversionReport,
     Converter,
+    SkipReport,
     checked_records,
     register_converter,
 )
@@ -86,7 +86,7 @@ def convert_refcoco(
     *,
     splits: list[str] | None = None,
     source: str = "refcoco",
-    report: ConversionReport,
+    report: SkipReport,
 ) -> list[Record]:
     """One record per image, one region per referred object, holding all its expressions.
 

@@ -7,9 +7,9 @@ import os
 
 from f2lightning.data.converters.base import (
     BadAnnotation,
-    ConversionReport,
     Converter,
     JsonFile,
+    SkipReport,
     checked_records,
     image_path,
     read_image_size,
@@ -21,7 +21,7 @@ from f2lightning.data.schema import Record, VqaPair
 
 @checked_records
 def convert_vizwiz(
-    annotations: str | os.PathLike, image_dir: str | os.PathLike, *, report: ConversionReport
+    annotations: str | os.PathLike, image_dir: str | os.PathLike, *, report: SkipReport
 ) -> list[Record]:
     """``[{image, question, answers: [{answer, answer_confidence}], ...}, ...]``; one record per image with
     all its question / answers pairs. The file has no image sizes, so they are read from the image headers and

@@ -10,9 +10,9 @@ from typing import Any
 
 from f2lightning.data.converters.base import (
     BadAnnotation,
-    ConversionReport,
     Converter,
     JsonFile,
+    SkipReport,
     checked_records,
     image_path,
     read_image_size,
@@ -52,7 +52,7 @@ def convert_vqav2(
     image_dir: str | os.PathLike,
     *,
     image_pattern: str = VQAV2_IMAGE_PATTERN,
-    report: ConversionReport,
+    report: SkipReport,
 ) -> list[Record]:
     """One record per image with all its question / answers pairs.
 
@@ -107,7 +107,7 @@ def textvqa_image_file(entry: dict) -> str:
 
 @checked_records
 def convert_textvqa(
-    annotations: str | os.PathLike, image_dir: str | os.PathLike, *, report: ConversionReport
+    annotations: str | os.PathLike, image_dir: str | os.PathLike, *, report: SkipReport
 ) -> list[Record]:
     """TextVQA ``TextVQA_0.5.1_train.json``: ``{"data": [{question, image_id, answers,
     image_width, image_height}, ...]}``; one record per image. An entry without its image
@@ -127,7 +127,7 @@ def convert_textvqa(
 
 @checked_records
 def convert_textcaps(
-    annotations: str | os.PathLike, image_dir: str | os.PathLike, *, report: ConversionReport
+    annotations: str | os.PathLike, image_dir: str | os.PathLike, *, report: SkipReport
 ) -> list[Record]:
     """TextCaps ``TextCaps_0.1_train.json``: one entry per caption (``caption_str``) with the
     image's ``image_id``, size and ``image_path``; one record per image, captions as brief texts.
