@@ -219,10 +219,10 @@ def test_by_image_runs_ask_about_one_image_and_cover_every_image_once(corpus, by
     assert len(stream) == 20
     for position in range(len(stream)):
         run = stream[position]
-        assert len(run) == 3 and len({sample["image_key"] for sample in run}) == 1
-        assert all(sample["pixel_values"] is run[0]["pixel_values"] for sample in run)  # decoded once
-        drawn = [(sample["task"], sample["prompt"], sample["target"]) for sample in run]
-        assert set(drawn) <= samples_of_image[run[0]["image_key"]]
+        assert len(run) == 3 and len({sample.image.image_key for sample in run}) == 1
+        assert all(sample.image is run[0].image for sample in run)  # decoded once
+        drawn = [(sample.task, sample.prompt, sample.target) for sample in run]
+        assert set(drawn) <= samples_of_image[run[0].image.image_key]
         # Another sample of the image before any repeats (every image has more than 3 of these tasks).
         assert len(set(drawn)) == 3
 

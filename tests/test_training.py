@@ -171,7 +171,9 @@ def test_a_batch_reads_each_image_once(synthetic, monkeypatch):
     items = dataset.__getitems__(indices)  # what DataLoader calls for a batch
     assert sorted(reads) == sorted({paths[i] for i in indices})
     for item, index in zip(items, indices, strict=True):
-        assert item["index"] == index and torch.equal(item["pixel_values"], dataset[index]["pixel_values"])
+        assert item.image.index == index and torch.equal(
+            item.image.pixel_values, dataset[index].image.pixel_values
+        )
 
 
 def test_samples_sharing_an_image_give_the_loss_and_gradients_of_one_copy_each(synthetic):

@@ -41,10 +41,40 @@ def fit_declared_size(
     return (int(actual[0]), int(actual[1])), {"reason": "size_mismatch_rescaled", "message": message}
 
 
-def skipped_item(error: BadImageError, index: int) -> dict[str, Any]:
-    """What a dataset returns for a sample whose image cannot be used: counted by the collator, reported by the
+@dataclass(frozen=True)
+class SkippedItem:
+    """What a dataset gives for a sample whose image cannot be used: counted by the collator, reported by the
     training module."""
-    return {"skipped": {"reason": error.reason, "message": str(error)}, "index": index}
+
+    index: int
+    event: dict[str, str]  # {"reason": BadImageError.reason, "message": its text}
+
+    @classmethod
+    def of(cls, error: BadImageError, index: int) -> SkippedItem:
+        return cls(index, {"reason": error.reason, "message": str(error)})
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """The part of a sample that comes from its image, shared by the samples of that image. `rewritten` is the
+    `{"reason", "message"}` of an image used changed (`fit_declared_size`), else None."""
+
+    index: int
+    image_key: str
+    pixel_values: torch.Tensor
+    image_size: tuple[int, int]
+    rewritten: dict[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class SampleItem:
+    """One sample as every dataset (map-style or streaming) gives it to the `Collator`; the samples of one image
+    share its `DecodedImage`."""
+
+    image: DecodedImage
+    task: str
+    prompt: str
+    target: str
 
 
 class MultitaskDataset(Dataset):
@@ -70,17 +100,17 @@ class MultitaskDataset(Dataset):
     def __len__(self) -> int:
         return len(self.flat)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, index: int) -> SampleItem | SkippedItem:
         return self._item(index, {})
 
-    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+    def __getitems__(self, indices: Sequence[int]) -> list[SampleItem | SkippedItem]:
         """A batch's samples (DataLoader's batched fetch): an image asked about several times is read once."""
         decoded: dict[str, tuple[torch.Tensor, tuple[int, int]] | BadImageError] = {}
         return [self._item(index, decoded) for index in indices]
 
     def _item(
         self, index: int, decoded: dict[str, tuple[torch.Tensor, tuple[int, int]] | BadImageError]
-    ) -> dict[str, Any]:
+    ) -> SampleItem | SkippedItem:
         sample = self.flat[index]
         if sample.image_path not in decoded:
             try:
@@ -101,17 +131,9 @@ class MultitaskDataset(Dataset):
         except BadImageError as error:
             if self.on_bad_sample == "raise":
                 raise
-            return skipped_item(error, index)
-        item = {
-            "index": index,
-            "image_key": sample.image_path,
-            "pixel_values": pixels,
-            "prompt": sample.prompt,
-            "target": sample.target,
-            "task": sample.task,
-            "image_size": image_size,
-        }
-        return {**item, "rewritten": rewrite} if rewrite else item
+            return SkippedItem.of(error, index)
+        decoded_image = DecodedImage(index, sample.image_path, pixels, image_size, rewrite)
+        return SampleItem(decoded_image, sample.task, sample.prompt, sample.target)
 
 
 @dataclass
@@ -124,17 +146,19 @@ class Collator:
 
     processor: Florence2Processor
 
-    def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        skipped = [item["skipped"] for item in items if "skipped" in item]
-        items = [item for item in items if "skipped" not in item]
-        rewritten = [item["rewritten"] for item in items if "rewritten" in item]
-        batch: dict[str, Any] = {"skipped": skipped, "rewritten": rewritten, "size": len(items)}
-        if not items:
+    def __call__(self, items: Sequence[SampleItem | SkippedItem]) -> dict[str, Any]:
+        skipped = [item.event for item in items if isinstance(item, SkippedItem)]
+        samples = [item for item in items if isinstance(item, SampleItem)]
+        rewritten = [item.image.rewritten for item in samples if item.image.rewritten]
+        batch: dict[str, Any] = {"skipped": skipped, "rewritten": rewritten, "size": len(samples)}
+        if not samples:
             return batch
-        batch.update(self.processor.tokenize_prompts([item["prompt"] for item in items]))
-        batch["labels"] = self.processor.tokenize_targets([item["target"] for item in items])
-        firsts, batch["image_index"] = share_images([item["image_key"] for item in items])
-        batch["pixel_values"] = torch.stack([items[i]["pixel_values"] for i in firsts])
-        for key in ("index", "task", "image_size", "target"):
-            batch[key] = [item[key] for item in items]
+        batch.update(self.processor.tokenize_prompts([item.prompt for item in samples]))
+        batch["labels"] = self.processor.tokenize_targets([item.target for item in samples])
+        firsts, batch["image_index"] = share_images([item.image.image_key for item in samples])
+        batch["pixel_values"] = torch.stack([samples[i].image.pixel_values for i in firsts])
+        batch["index"] = [item.image.index for item in samples]
+        batch["image_size"] = [item.image.image_size for item in samples]
+        batch["task"] = [item.task for item in samples]
+        batch["target"] = [item.target for item in samples]
         return batch

@@ -36,7 +36,14 @@ from litdata.streaming.sampler import ChunkedIndex
 from litdata.streaming.serializers import _SERIALIZERS, Serializer
 from PIL import Image
 
-from f2lightning.data.dataset import Collator, SizeMismatch, fit_declared_size, skipped_item
+from f2lightning.data.dataset import (
+    Collator,
+    DecodedImage,
+    SampleItem,
+    SizeMismatch,
+    SkippedItem,
+    fit_declared_size,
+)
 from f2lightning.data.expand import expand
 from f2lightning.data.records import OnBadSample, read_records
 from f2lightning.data.schema import BadRecordError
@@ -253,8 +260,8 @@ class _ImageShards(StreamingDataset):
                 f"({type(error).__name__}: {error})"
             ) from error
 
-    def _decode(self, item: dict[str, Any], position: int) -> dict[str, Any]:
-        """The fields every sample of the item shares, as `MultitaskDataset` gives them (`index` is the item's
+    def _decode(self, item: dict[str, Any], position: int) -> DecodedImage | SkippedItem:
+        """The image every sample of the item shares, as `MultitaskDataset` decodes it (`index` is the item's
         position in its shards), or the skipped item when the image cannot be used (raised with
         `on_bad_sample='raise'`)."""
         image_name = bytes(item["image_name"]).decode()
@@ -266,29 +273,27 @@ class _ImageShards(StreamingDataset):
         except BadImageError as error:
             if self.on_bad_sample == "raise":
                 raise
-            return skipped_item(error, position)
-        shared = {"index": position, "image_key": image_name, "pixel_values": self.processor.preprocess_image(image),
-                  "image_size": image_size}  # fmt: skip
-        return {**shared, "rewritten": rewrite} if rewrite else shared
+            return SkippedItem.of(error, position)
+        return DecodedImage(position, image_name, self.processor.preprocess_image(image), image_size, rewrite)
 
 
 class TaskStream(_ImageShards):
-    """One task's shards, decoded into the dict `MultitaskDataset` returns (bad images: its skipped item).
+    """One task's shards, decoded into `SampleItem`s as `MultitaskDataset` gives them (bad images: a `SkippedItem`).
 
     `index` is the item's position in its task's shards (it is not an index into any map-style dataset).
     """
 
-    def __getitem__(self, index: ChunkedIndex | int) -> dict[str, Any]:
+    def __getitem__(self, index: ChunkedIndex | int) -> SampleItem | SkippedItem:
         item = self._read(index)
         position = index.index if isinstance(index, ChunkedIndex) else index
-        shared = self._decode(item, position)
-        if "skipped" in shared:
-            return shared
-        return {**shared, "prompt": item["prompt"], "target": item["target"], "task": item["task"]}
+        image = self._decode(item, position)
+        if isinstance(image, SkippedItem):
+            return image
+        return SampleItem(image, item["task"], item["prompt"], item["target"])
 
 
 class ImageRunStream(_ImageShards):
-    """By-image shards: each item is a run of `tasks_per_image` samples of one image (a list of the dicts
+    """By-image shards: each item is a run of `tasks_per_image` samples of one image (a list of the `SampleItem`s
     `TaskStream` gives; a bad image gives its one skipped item).
 
     Each draw picks a task by `task_weights` among the tasks the image has (without weights: in proportion to
@@ -314,7 +319,7 @@ class ImageRunStream(_ImageShards):
         self.task_weights = dict(task_weights) if task_weights else None
         self.tasks = set(tasks or TASKS) & set(self.task_weights or TASKS)
 
-    def __getitem__(self, index: ChunkedIndex | int) -> list[dict[str, Any]]:
+    def __getitem__(self, index: ChunkedIndex | int) -> list[SampleItem | SkippedItem]:
         item = self._read(index)
         position = index.index if isinstance(index, ChunkedIndex) else index
         by_task: dict[str, list[tuple[str, str]]] = defaultdict(list)
@@ -323,9 +328,9 @@ class ImageRunStream(_ImageShards):
                 by_task[task].append((prompt, target))
         if not by_task:
             return []
-        shared = self._decode(item, position)
-        if "skipped" in shared:
-            return [shared]
+        image = self._decode(item, position)
+        if isinstance(image, SkippedItem):
+            return [image]
         tasks = list(by_task)
         weights = [self.task_weights[t] if self.task_weights else len(by_task[t]) for t in tasks]
         draw = random.Random(f"{self.seed}/{self.current_epoch}/{position}")
@@ -335,14 +340,14 @@ class ImageRunStream(_ImageShards):
             if not unused.get(task):
                 unused[task] = draw.sample(by_task[task], len(by_task[task]))
             prompt, target = unused[task].pop()
-            run.append({**shared, "prompt": prompt, "target": target, "task": task})
+            run.append(SampleItem(image, task, prompt, target))
         return run
 
 
 class _RunCollator(Collator):
     """Batches of runs: the runs' samples, in order, through the map-style `Collator`."""
 
-    def __call__(self, runs: Sequence[list[dict[str, Any]]]) -> dict[str, Any]:
+    def __call__(self, runs: Sequence[list[SampleItem | SkippedItem]]) -> dict[str, Any]:
         return super().__call__([sample for run in runs for sample in run])
 
 
