@@ -496,6 +496,16 @@ def test_cli_rejects_contradictory_config_at_startup_with_one_message(tmp_path):
             "give both or neither",
         ),
         ({"preset": "tiny"}, {"synthetic_dir": "x", "warmup_task_weights": {"<OD>": 0}}, "one positive"),
+        (
+            {"preset": "tiny", "config_overrides": {"image_mean": (0.5, 0.5, 0.5)}},
+            {
+                "synthetic_dir": "x",
+                "image_size": 64,
+                "max_target_length": 512,
+                "image_mean": (0.485, 0.456, 0.406),
+            },
+            r"data.image_mean \[0.485, 0.456, 0.406\] is not the model's \[0.5, 0.5, 0.5\]",
+        ),
     ],
     ids=[
         "unknown-task",
@@ -510,6 +520,7 @@ def test_cli_rejects_contradictory_config_at_startup_with_one_message(tmp_path):
         "warmup-no-weights",
         "warmup-no-steps",
         "warmup-all-zero",
+        "normalisation",
     ],
 )
 def test_config_validation_names_the_problem(model, data, expected):

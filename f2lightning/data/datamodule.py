@@ -27,6 +27,7 @@ from f2lightning.data.expand import Sample, expand
 from f2lightning.data.records import read_records
 from f2lightning.data.sampler import MixedTaskSampler, ResumableBatchSampler
 from f2lightning.data.skips import SkipReport
+from f2lightning.model.config import IMAGENET_MEAN, IMAGENET_STD
 from f2lightning.processor import Florence2Processor
 from f2lightning.tasks import TASKS, UnknownTaskError, task_tokens
 from f2lightning.tasks.locations import ADDED_TOKEN_PATTERN
@@ -58,6 +59,8 @@ class Florence2DataModule(L.LightningDataModule):
         size_mismatch: SizeMismatch = "skip",
         max_prompt_length: int = 256,
         max_target_length: int = 1024,
+        image_mean: tuple[float, float, float] = IMAGENET_MEAN,
+        image_std: tuple[float, float, float] = IMAGENET_STD,
         bucket_batches: int = 0,
         tasks_per_image: int = 1,
         max_images: int | None = None,
@@ -79,6 +82,8 @@ class Florence2DataModule(L.LightningDataModule):
                 once learns to tell the prompts apart and ignores the image; a short caption-only start makes it
                 read the image first (see docs/training.md "Training from scratch"). Tasks left out get weight 0.
             val_samples_per_task: cap on validation samples per task (generation is slow).
+            image_mean / image_std: pixel normalisation; must be the model's (`Florence2Config.image_mean` /
+                `image_std`, ImageNet's for Florence-2), which the start-up check compares.
             on_bad_sample: `raise` stops at the first bad record / image naming it; `skip` counts and reports.
             size_mismatch: an image file whose size differs from its record's `width` / `height` is a bad sample
                 (`skip`, reason `size_mismatch`), or (`rescale`) trusted as a resized copy of the annotated image:
@@ -137,6 +142,8 @@ class Florence2DataModule(L.LightningDataModule):
         self.processor = Florence2Processor(
             self.tokenizer,
             image_size=self.hparams.image_size,
+            image_mean=self.hparams.image_mean,
+            image_std=self.hparams.image_std,
             max_prompt_length=self.hparams.max_prompt_length,
             max_target_length=self.hparams.max_target_length,
         )

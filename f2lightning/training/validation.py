@@ -42,7 +42,8 @@ def validate_fit(
 
 
 def position_problems(config: Florence2Config, data_hp: Mapping[str, Any]) -> list[str]:
-    """Image tokens + prompt share the encoder's position table; the target has the decoder's to itself."""
+    """Image tokens + prompt share the encoder's position table; the target has the decoder's to itself; the
+    data normalises pixels as the model was trained to see them."""
     image_size = data_hp.get("image_size", config.image_size)
     prompt, target = data_hp.get("max_prompt_length", 256), data_hp.get("max_target_length", 1024)
     if not (is_count(image_size) and is_count(prompt) and is_count(target)) or image_size % 32:
@@ -64,6 +65,12 @@ def position_problems(config: Florence2Config, data_hp: Mapping[str, Any]) -> li
         )
     if target > positions:
         problems.append(f"max_target_length {target} > the decoder's {positions} positions")
+    for key in ("image_mean", "image_std"):
+        data_value, model_value = data_hp.get(key), getattr(config, key)
+        if data_value is not None and tuple(data_value) != tuple(model_value):
+            problems.append(
+                f"data.{key} {list(data_value)} is not the model's {list(model_value)}: set data.{key}"
+            )
     return problems
 
 
