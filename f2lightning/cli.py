@@ -19,7 +19,7 @@ COMMAND_MODULES = [
     "f2lightning.evaluation.commands",
     "f2lightning.model.commands",
 ]
-LIGHTNING_SUBCOMMANDS = {"fit", "validate", "test", "predict"}
+LIGHTNING_SUBCOMMANDS = {"fit", "validate", "test"}
 
 
 def train_tokenizer_command(args: argparse.Namespace) -> int:

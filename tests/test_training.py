@@ -529,3 +529,21 @@ def test_a_gradient_non_finite_on_one_rank_only_skips_the_step_on_every_rank(syn
     assert rank0["nonfinite_steps"] == rank1["nonfinite_steps"] == 1
     for name, weight in rank0["state"].items():
         assert torch.equal(weight, rank1["state"][name]), f"{name}: the ranks' replicas diverged"
+
+
+def test_the_cli_tests_a_model_on_the_test_files_and_offers_no_predict_yet(synthetic, tmp_path):
+    from f2lightning.training.cli import main
+
+    args = [
+        f"--data.synthetic_dir={synthetic}", "--data.image_size=64", "--data.tasks=[<CAPTION>, <OD>]",
+        "--data.val_samples_per_task=2", f"--data.test_files=[{synthetic}/val.jsonl]", "--data.num_workers=0",
+        "--model.config_overrides={text: {max_position_embeddings: 512}}", "--model.val_max_new_tokens=8",
+        "--model.log_predictions=1", "--trainer.accelerator=cpu", "--trainer.logger=false",
+        "--trainer.limit_test_batches=2", f"--trainer.default_root_dir={tmp_path}", "--data.max_target_length=256",
+    ]  # fmt: skip
+    cli = main(["test", *args])
+    metrics = cli.trainer.callback_metrics
+    assert {"test/loss", "test/CAPTION/exact_match"} <= set(metrics)
+    assert all(torch.isfinite(metrics[name]) for name in ("test/loss",))
+    with pytest.raises(SystemExit):
+        main(["predict", *args])

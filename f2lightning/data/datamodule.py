@@ -40,6 +40,7 @@ class Florence2DataModule(L.LightningDataModule):
         self,
         train_files: list[str] | None = None,
         val_files: list[str] | None = None,
+        test_files: list[str] | None = None,
         tokenizer: str | None = None,
         synthetic_dir: str | None = None,
         synthetic_images: int = 2000,
@@ -69,6 +70,8 @@ class Florence2DataModule(L.LightningDataModule):
         """
         Args:
             train_files / val_files: record JSONL files (see `f2lightning.data.schema`).
+            test_files: record files for `test` (all their samples, scored like validation); default the
+                validation files.
             tokenizer: a tokenizer directory; default `<synthetic_dir>/tokenizer`, trained on the training
                 texts by `prepare_data` when missing.
             synthetic_dir: use (and create in `prepare_data` if missing) the synthetic multitask dataset there
@@ -110,11 +113,13 @@ class Florence2DataModule(L.LightningDataModule):
         self.task_weights = _by_token(task_weights)
         self.warmup_task_weights = _by_token(warmup_task_weights)
         self.train_files, self.val_files = list(train_files or []), list(val_files or [])
+        self.test_files = list(test_files or self.val_files)
         self.tokenizer_path = Path(tokenizer)
         self.tokenizer = None
         self.skip_report = SkipReport()
         self.train_dataset: MultitaskDataset | None = None
         self.val_dataset: MultitaskDataset | None = None
+        self.test_dataset: MultitaskDataset | None = None
         self._resume: dict | None = None
         self._train_batches: ResumableBatchSampler | None = None
 
@@ -157,6 +162,12 @@ class Florence2DataModule(L.LightningDataModule):
             cap = self.hparams.val_samples_per_task
             self.val_dataset = MultitaskDataset(
                 {t: s[:cap] for t, s in samples.items()}, self.processor, on_bad, self.hparams.size_mismatch
+            )
+        if stage in (None, "test") and self.test_dataset is None and self.test_files:
+            samples = self._samples(self.test_files)
+            self.test_dataset = MultitaskDataset(samples, self.processor, on_bad, self.hparams.size_mismatch)
+            log.info(
+                "test samples per task: %s (%s)", self.test_dataset.task_sizes, ", ".join(self.test_files)
             )
         if self.skip_report.total:
             log.warning("records: %s", self.skip_report)
@@ -230,18 +241,24 @@ class Florence2DataModule(L.LightningDataModule):
         return self._loader(dataset, self._train_batches)
 
     def val_dataloader(self) -> DataLoader | list:
-        if self.val_dataset is None:
+        return self._evaluation_loader(self.val_dataset)
+
+    def test_dataloader(self) -> DataLoader | list:
+        return self._evaluation_loader(self.test_dataset)
+
+    def _evaluation_loader(self, dataset: MultitaskDataset | None) -> DataLoader | list:
+        if dataset is None:
             return []
         rank, world_size = self._rank()
         size = self.hparams.val_batch_size or self.hparams.batch_size
         # Single-task batches: generation settings (output length, n-gram blocking) are per task.
         batches, start = [], 0
-        for count in self.val_dataset.task_sizes.values():
+        for count in dataset.task_sizes.values():
             batches += [
                 list(range(i, min(i + size, start + count))) for i in range(start, start + count, size)
             ]
             start += count
-        return self._loader(self.val_dataset, batches[rank::world_size])
+        return self._loader(dataset, batches[rank::world_size])
 
     def _loader(self, dataset: MultitaskDataset, batch_sampler) -> DataLoader:
         workers = self.hparams.num_workers
@@ -338,7 +355,7 @@ def data_problems(hp: Mapping[str, Any], files: bool = True) -> list[str]:
         problems.append(f"data.on_bad_sample must be 'raise' or 'skip', got {hp.get('on_bad_sample')!r}")
     if files and not hp.get("synthetic_dir"):
         # The synthetic dataset (and its tokenizer) is written by prepare_data; real files must exist now.
-        files = [hp.get("train_files") or [], hp.get("val_files") or []]
+        files = [hp.get("train_files") or [], hp.get("val_files") or [], hp.get("test_files") or []]
         for file in [f for group in files for f in (group if isinstance(group, list | tuple) else [group])]:
             if not is_path(file, Path.is_file):
                 problems.append(f"data: record file {file} does not exist")

@@ -14,6 +14,11 @@ from f2lightning.training.validation import validate_fit
 
 
 class Florence2CLI(LightningCLI):
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        # `predict` needs a prediction loop over images the module does not have yet: not offered until it does.
+        return {name: args for name, args in LightningCLI.subcommands().items() if name != "predict"}
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # One resolution for data and model: the model's position tables and the resize must agree.
         parser.link_arguments("data.image_size", "model.image_size")

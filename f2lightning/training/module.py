@@ -144,7 +144,8 @@ class Florence2LitModule(L.LightningModule):
         raise_problems(model_problems(self.hparams, files=False), "model configuration")
         self.model: Florence2 | None = None
         self.processor: Florence2Processor | None = None
-        self.quality: TaskQuality | None = None
+        # Per evaluation stage ("val", "test"): quality metrics over that stage's tasks.
+        self.quality = torch.nn.ModuleDict()
         # Per stage ("train" / "val"): the {"reason", "message"} of samples whose image was skipped or rewritten.
         self._image_events: dict[str, dict[str, list[dict[str, str]]]] = {}
         self._nonfinite_in_a_row = 0
@@ -208,9 +209,10 @@ class Florence2LitModule(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
-        val_dataset = getattr(datamodule, "val_dataset", None)
-        if val_dataset is not None and self.quality is None:
-            self.quality = TaskQuality(list(val_dataset.task_sizes))
+        for name, dataset in (("val", "val_dataset"), ("test", "test_dataset")):
+            dataset = getattr(datamodule, dataset, None)
+            if dataset is not None and name not in self.quality:
+                self.quality[name] = TaskQuality(list(dataset.task_sizes))
 
     def train(self, mode: bool = True) -> Florence2LitModule:
         super().train(mode)
@@ -325,10 +327,29 @@ class Florence2LitModule(L.LightningModule):
         return {task: torch.stack(values).mean() for task, values in by_task.items()}
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._note_image_events("val", batch)
+        self._evaluation_step("val", batch)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluation_step("test", batch)
+
+    def on_validation_epoch_start(self) -> None:
+        self._drawn_tasks = set()
+
+    def on_test_epoch_start(self) -> None:
+        self._drawn_tasks = set()
+
+    def on_validation_epoch_end(self) -> None:
+        self._evaluation_epoch_end("val", f"validation at step {self.global_step}")
+
+    def on_test_epoch_end(self) -> None:
+        self._evaluation_epoch_end("test", f"test at step {self.global_step}")
+
+    def _evaluation_step(self, stage: str, batch: dict[str, Any]) -> None:
+        """Teacher-forced loss, then generation scored per task (`TaskQuality`), under `<stage>/...`."""
+        self._note_image_events(stage, batch)
         if not batch["size"]:
             return
-        self.log("val/loss", self(batch)[0], sync_dist=True, batch_size=batch["size"])
+        self.log(f"{stage}/loss", self(batch)[0], sync_dist=True, batch_size=batch["size"])
         task = batch["task"][0]
         kwargs = self.processor.generation_kwargs(task, self.hparams.num_beams)
         if self.hparams.val_max_new_tokens:
@@ -344,37 +365,29 @@ class Florence2LitModule(L.LightningModule):
         preds = self.processor.post_process(generated, batch["task"], sizes)
         spec = get_task(task)
         targets = [spec.parse(target, size) for target, size in zip(batch["target"], sizes, strict=True)]
-        self.quality.update(task, preds, targets, sizes)
+        self.quality[stage].update(task, preds, targets, sizes)
         if task not in self._drawn_tasks and self.global_rank == 0 and self.hparams.log_predictions:
             self._drawn_tasks.add(task)
-            self._draw(task, batch, preds)
+            self._draw(stage, task, batch, preds)
 
-    def on_validation_epoch_start(self) -> None:
-        self._drawn_tasks = set()
-
-    def on_validation_epoch_end(self) -> None:
-        self._report_image_events(
-            "val", f"validation at step {self.global_step}", f"val_step{self.global_step:06d}"
-        )
-        if self.quality is None:
+    def _evaluation_epoch_end(self, stage: str, when: str) -> None:
+        self._report_image_events(stage, when, f"{stage}_step{self.global_step:06d}")
+        if stage not in self.quality:
             return
-        for name, value in self.quality.compute().items():
-            self.log(f"val/{name}", value, sync_dist=False)  # torchmetrics already synced across ranks
+        for name, value in self.quality[stage].compute().items():
+            self.log(f"{stage}/{name}", value, sync_dist=False)  # torchmetrics already synced across ranks
         # Fresh states must be ordinary tensors: made under inference mode they could not be updated by a
         # later loop that runs without it (validate before fit, then fit's own validation).
         with torch.inference_mode(False):
-            self.quality.reset()
+            self.quality[stage].reset()
 
-    def _draw(self, task: str, batch: dict[str, Any], preds: list[Any]) -> None:
+    def _draw(self, stage: str, task: str, batch: dict[str, Any], preds: list[Any]) -> None:
         from f2lightning.images import load_image
         from f2lightning.visualize import draw_prediction
 
-        dataset = self.trainer.datamodule.val_dataset
-        out_dir = (
-            Path(self.trainer.log_dir or self.trainer.default_root_dir)
-            / "predictions"
-            / f"step{self.global_step:06d}"
-        )
+        dataset = getattr(self.trainer.datamodule, f"{stage}_dataset")
+        folder = f"step{self.global_step:06d}" if stage == "val" else f"{stage}_step{self.global_step:06d}"
+        out_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "predictions" / folder
         out_dir.mkdir(parents=True, exist_ok=True)
         for i, (index, pred) in enumerate(
             list(zip(batch["index"], preds, strict=True))[: self.hparams.log_predictions]
