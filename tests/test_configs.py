@@ -124,3 +124,15 @@ def load_config(*files: str) -> dict:
         for key, value in (yaml.safe_load((CONFIGS / name).read_text()) or {}).items():
             merged[key] = {**merged.get(key, {}), **value} if isinstance(value, dict) else value
     return merged
+
+
+def test_the_readme_test_command_scores_the_demo_checkpoint(tiny_data, tmp_path, monkeypatch):
+    # `python train.py test -c configs/demo.yaml --ckpt_path=runs/demo/checkpoints/last.ckpt` after a demo run.
+    monkeypatch.chdir(tmp_path)
+    demo = ["-c", str(CONFIGS / "demo.yaml"), *_tiny_run(tiny_data, pretrained=False)]
+    lightning_cli(["fit", *demo, "--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.dirpath=runs/demo/checkpoints",
+                   "--trainer.callbacks.save_last=true"])  # fmt: skip
+    checkpoint = tmp_path / "runs/demo/checkpoints/last.ckpt"
+    assert checkpoint.is_file()
+    cli = lightning_cli(["test", *demo, f"--ckpt_path={checkpoint}", "--trainer.limit_test_batches=1"])
+    assert "test/loss" in cli.trainer.callback_metrics
