@@ -19,6 +19,7 @@ from transformers import PreTrainedTokenizerBase
 from f2lightning.images import to_rgb
 from f2lightning.model.config import IMAGENET_MEAN, IMAGENET_STD, Florence2Config
 from f2lightning.tasks import get_task
+from f2lightning.tasks.formats import BANNED_GROUNDING_PHRASES
 
 
 def share_images(image_keys: Sequence[Hashable]) -> tuple[list[int], torch.Tensor]:
@@ -83,9 +84,37 @@ class Florence2Processor:
         return cls.for_model(read_config(path), loaded, **lengths)
 
     def save_pretrained(self, path: str | Path) -> Path:
-        """Write the tokenizer files into `path` (beside `Florence2.save_pretrained`'s weights and config)."""
-        self.tokenizer.save_pretrained(path)
+        """Write the processor into `path` (beside `Florence2.save_pretrained`'s weights and config) as transformers
+        saves its own: tokenizer files, `processor_config.json` and the image processor's settings, so that
+        `transformers.AutoProcessor.from_pretrained(path)` preprocesses as this processor does."""
+        self.to_transformers().save_pretrained(path)
         return Path(path)
+
+    def to_transformers(self) -> Any:
+        """transformers' `Florence2Processor` with this one's resolution, normalisation and tokenizer."""
+        from transformers import CLIPImageProcessor
+        from transformers import Florence2Processor as TransformersProcessor
+
+        side = self.image_size
+        images = CLIPImageProcessor(
+            size={"height": side, "width": side},
+            do_center_crop=False,
+            resample=Image.Resampling.BICUBIC,
+            image_mean=self.mean.flatten().tolist(),
+            image_std=self.std.flatten().tolist(),
+            # The image encoder's tokens: one per 32x32 patch plus the pooled one (`Florence2.encode_image`).
+            image_seq_length=(side // 32) ** 2 + 1,
+        )
+        # Parse settings as the released processor_config.json has them: every output kind with its defaults, phrase
+        # grounding without the banned phrases (f2lightning.tasks.formats parses the same way).
+        kinds = TransformersProcessor(
+            image_processor=images, tokenizer=self.tokenizer
+        ).tasks_answer_post_processing_type
+        parsing: dict[str, Any] = {kind: {} for kind in sorted(set(kinds.values()))}
+        parsing["phrase_grounding"] = {"banned_grounding_tokens": sorted(BANNED_GROUNDING_PHRASES)}
+        return TransformersProcessor(
+            image_processor=images, tokenizer=self.tokenizer, post_processor_config=parsing
+        )
 
     # ------------------------------------------------------------------ inputs
     def preprocess_image(self, image: Image.Image) -> torch.Tensor:

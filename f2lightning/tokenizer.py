@@ -40,7 +40,10 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: tokenizer directory not found")
-    return prepare_tokenizer(AutoTokenizer.from_pretrained(path))
+    # `image_token` named: transformers' Florence2Processor reads `tokenizer.image_token` / `image_token_id`.
+    return prepare_tokenizer(
+        AutoTokenizer.from_pretrained(path, extra_special_tokens={"image_token": IMAGE_TOKEN})
+    )
 
 
 def train_tokenizer(
@@ -75,5 +78,6 @@ def train_tokenizer(
         cls_token="<s>",
         sep_token="</s>",
         model_max_length=1024,
+        extra_special_tokens={"image_token": IMAGE_TOKEN},
     )
     return prepare_tokenizer(tokenizer)

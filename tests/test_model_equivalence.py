@@ -247,3 +247,49 @@ def test_corrupt_checkpoint_names_the_file(tmp_path):
     broken.write_bytes(b"\x00" * 10)
     with pytest.raises(CheckpointError, match=r"model\.safetensors"):
         load_state_dict(broken)
+
+
+def test_an_export_runs_in_plain_transformers_with_its_processor(tmp_path):
+    # AutoProcessor + Florence2ForConditionalGeneration + generate + post_process_generation on what we save
+    # reproduce our own processor, model and parser, token for token.
+    from PIL import Image, ImageDraw
+    from transformers import AutoProcessor
+
+    from f2lightning.model import Florence2Config
+    from f2lightning.processor import Florence2Processor
+    from f2lightning.tokenizer import train_tokenizer
+
+    tokenizer = train_tokenizer(
+        ["What does the image describe? a red circle on the left."] * 20, vocab_size=320
+    )
+    config = Florence2Config.preset(
+        "tiny", image_size=64, text={"vocab_size": -(-len(tokenizer) // 64) * 64},
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+    )  # fmt: skip
+    torch.manual_seed(0)
+    ours = randomize_(Florence2(config), std=0.1).eval()
+    processor = Florence2Processor.for_model(config, tokenizer)
+    processor.save_pretrained(ours.save_pretrained(tmp_path))
+
+    image = Image.new("RGB", (90, 70), "black")
+    ImageDraw.Draw(image).ellipse([10, 10, 50, 50], fill="red")
+    theirs_processor = AutoProcessor.from_pretrained(tmp_path)
+    theirs = Florence2ForConditionalGeneration.from_pretrained(tmp_path).eval()
+    for task in ("<CAPTION>", "<OD>"):
+        batch = processor([image], [task])
+        inputs = theirs_processor(text=task, images=image, return_tensors="pt")
+        torch.testing.assert_close(inputs["pixel_values"], batch["pixel_values"], atol=1e-2, rtol=0)
+        with torch.no_grad():
+            expected = theirs.generate(**inputs, max_new_tokens=12, num_beams=1, do_sample=False)
+            actual = ours.generate(batch["pixel_values"], batch["input_ids"], batch["attention_mask"],
+                                   max_new_tokens=12, num_beams=1, do_sample=False)  # fmt: skip
+        assert expected.tolist() == actual.tolist(), task
+        text = theirs_processor.batch_decode(expected, skip_special_tokens=False)[0]
+        parsed = theirs_processor.post_process_generation(text, task=task, image_size=image.size)[task]
+        mine = processor.post_process(actual, [task], [image.size])[0]
+        if task == "<CAPTION>":
+            assert parsed == mine
+        else:  # transformers truncates box corners to whole pixels; we keep the bin centres (tests/test_tasks.py)
+            assert parsed["labels"] == mine["labels"] and len(parsed["bboxes"]) == len(mine["bboxes"]) > 0
+            torch.testing.assert_close(torch.tensor(parsed["bboxes"], dtype=torch.float64),
+                                       torch.tensor(mine["bboxes"], dtype=torch.float64), atol=1.0, rtol=0)  # fmt: skip
