@@ -126,7 +126,9 @@ def load_config(*files: str) -> dict:
     return merged
 
 
-def test_the_readme_test_command_scores_the_demo_checkpoint(tiny_data, tmp_path, monkeypatch):
+def test_the_readme_test_command_scores_the_demo_checkpoint_which_reloads_and_exports(
+    tiny_data, tmp_path, monkeypatch
+):
     # `python train.py test -c configs/demo.yaml --ckpt_path=runs/demo/checkpoints/last.ckpt` after a demo run.
     monkeypatch.chdir(tmp_path)
     demo = ["-c", str(CONFIGS / "demo.yaml"), *_tiny_run(tiny_data, pretrained=False)]
@@ -136,3 +138,13 @@ def test_the_readme_test_command_scores_the_demo_checkpoint(tiny_data, tmp_path,
     assert checkpoint.is_file()
     cli = lightning_cli(["test", *demo, f"--ckpt_path={checkpoint}", "--trainer.limit_test_batches=1"])
     assert "test/loss" in cli.trainer.callback_metrics
+    # The checkpoint also reloads as a module on its own and exports what plain transformers opens.
+    from transformers import AutoProcessor
+
+    from f2lightning.training import Florence2LitModule
+
+    Florence2LitModule.load_from_checkpoint(checkpoint, map_location="cpu").export(tmp_path / "model")
+    assert AutoProcessor.from_pretrained(tmp_path / "model").image_processor.size == {
+        "height": 64,
+        "width": 64,
+    }

@@ -163,6 +163,10 @@ class Florence2LitModule(L.LightningModule):
     def configure_model(self) -> None:
         if self.model is not None:
             return
+        if self._trainer is None and not self.hparams.pretrained:
+            # `load_from_checkpoint` calls this before `on_load_checkpoint`, which builds from the checkpoint's
+            # own config and tokenizer; without a trainer there is no datamodule to take a tokenizer from.
+            return
         self._build(self._tokenizer())
 
     def _build(self, tokenizer, config: Florence2Config | None = None) -> None:
