@@ -96,8 +96,9 @@ def test_tiny_model_learns_the_synthetic_tasks(tmp_path_factory):
     assert shuffled["<CAPTION>"] > own["<CAPTION>"] + 0.3
     assert shuffled["<OD>"] > own["<OD>"] + 0.3
     # ... and come out right far more often than the untrained model and the best image-blind answer.
-    # Measured (seed 0): caption exact match 0 untrained, 0.43 trained, prior 0.16; box recall@0.5 0 untrained,
-    # 0.34 trained, mean-box prior 0.06 (before the prior was `image_blind_prior`); loss own / shuffled images 0.17 / 1.26 (caption), 2.56 / 3.35 (OD).
+    # Measured (seed 0, 2026-12-02): caption exact match 0 untrained, 0.40 trained, image-blind prior 0.16; box
+    # recall@0.5 0 untrained, 0.39 trained, prior 0.01; loss own / shuffled images 0.17 / 1.27 (caption),
+    # 2.57 / 3.35 (OD).
     assert before["val/CAPTION/exact_match"] == 0 and before["val/OD/box_recall@0.5"] == 0
     assert after["val/CAPTION/exact_match"] >= prior["CAPTION/exact_match"] + 0.15
     assert after["val/OD/box_recall@0.5"] >= prior["OD/box_recall@0.5"] + 0.15
