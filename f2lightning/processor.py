@@ -148,6 +148,50 @@ class Florence2Processor:
         )
         return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
 
+    def fit_targets(
+        self, tasks: Sequence[str], targets: Sequence[str], image_sizes: Sequence[tuple[int, int]]
+    ) -> tuple[list[str], list[dict[str, str]]]:
+        """Targets that fit `max_target_length` tokens, and the `{"reason", "message"}` of each one shortened.
+
+        A target of items (boxes, quad boxes, polygons, grounded phrases: a task whose parse is a dict of lists)
+        keeps its first whole items (`target_truncated_at_item`), so no box is cut in the middle; any other is cut
+        at the token limit (`target_truncated`). The tokenizer keeps the end token either way.
+        """
+        lengths = [len(ids) for ids in self.tokenizer(list(targets))["input_ids"]]
+        fitted, events = list(targets), []
+        for i, (task, target, size, length) in enumerate(
+            zip(tasks, targets, image_sizes, lengths, strict=True)
+        ):
+            if length <= self.max_target_length:
+                continue
+            shortened = self._whole_items(task, target, size)
+            reason = "target_truncated" if shortened is None else "target_truncated_at_item"
+            if shortened is not None:
+                fitted[i] = shortened
+            message = f"{task}: a {length}-token target, max_target_length {self.max_target_length}"
+            events.append({"reason": reason, "message": message})
+        return fitted, events
+
+    def _whole_items(self, task: str, target: str, image_size: tuple[int, int]) -> str | None:
+        """The longest prefix of whole items of `target` that fits, or None when it has no items."""
+        spec = get_task(task)
+        parsed = spec.parse(target, image_size)
+        if not isinstance(parsed, dict) or not all(isinstance(v, list) for v in parsed.values()):
+            return None
+        count = min(len(v) for v in parsed.values())
+
+        def keep(k: int) -> str:
+            return spec.serialize({key: value[:k] for key, value in parsed.items()}, image_size)
+
+        low, high = 0, count  # the largest k whose serialization fits: binary search over item counts
+        while low < high:
+            middle = (low + high + 1) // 2
+            if len(self.tokenizer(keep(middle))["input_ids"]) <= self.max_target_length:
+                low = middle
+            else:
+                high = middle - 1
+        return keep(low)
+
     def tokenize_targets(self, targets: Sequence[str]) -> torch.Tensor:
         """Target ids as labels: padding is -100, the `ignore_index` of BART's cross-entropy, so it never counts in
         the loss."""

@@ -14,7 +14,7 @@ from PIL import Image
 
 from f2lightning.model import Florence2, Florence2Config
 from f2lightning.processor import Florence2Processor
-from f2lightning.tasks import LOCATION_TOKENS
+from f2lightning.tasks import LOCATION_TOKENS, get_task
 from tests.helpers.weights import randomize_
 
 
@@ -327,3 +327,25 @@ def test_the_processor_is_saved_and_read_back_with_the_model(tokenizer, tmp_path
         (tmp_path / name).unlink(missing_ok=True)
     with pytest.raises(ValueError, match="no tokenizer files"):
         Florence2Processor.from_pretrained(tmp_path)
+
+
+def test_long_targets_are_cut_at_whole_boxes_and_counted(tokenizer):
+    processor = Florence2Processor(tokenizer, image_size=64, max_target_length=30)
+    size = (100, 100)
+    boxes = {"bboxes": [[i, i, i + 10, i + 10] for i in range(20)], "labels": ["circle", "square"] * 10}
+    od = get_task("<OD>").serialize(boxes, size)
+    caption = "a red circle and a blue square " * 10
+    short = "a red circle"
+    fitted, events = processor.fit_targets(
+        ["<OD>", "<CAPTION>", "<CAPTION>"], [od, caption, short], [size] * 3
+    )
+    assert [e["reason"] for e in events] == ["target_truncated_at_item", "target_truncated"]
+    assert "<OD>: a " in events[0]["message"] and "max_target_length 30" in events[0]["message"]
+    # OD keeps its first whole boxes: a prefix of the target, every box with its four corners, within the limit.
+    kept = get_task("<OD>").parse(fitted[0], size)
+    assert od.startswith(fitted[0]) and 0 < len(kept["bboxes"]) < 20
+    assert kept["labels"] == boxes["labels"][: len(kept["bboxes"])]
+    labels = processor.tokenize_targets(fitted)
+    assert labels.shape[1] <= 30 and fitted[1:] == [caption, short]
+    ends = [row[row != -100][-1].item() for row in labels]
+    assert ends == [tokenizer.eos_token_id] * 3  # the end token survives every cut

@@ -542,3 +542,15 @@ def test_each_part_refuses_its_own_bad_values_when_built_directly(tmp_path):
         Florence2LitModule(vision_lr_scale=0)
     # Files on disk are a fit's concern, not the constructor's: building with a path to come is fine.
     Florence2DataModule(train_files=[str(tmp_path / "later.jsonl")], tokenizer=str(tmp_path / "tok"))
+
+
+def test_targets_beyond_max_target_length_are_counted_in_the_log_and_the_run_dir(synthetic, tmp_path):
+    run = tmp_path / "run"
+    trainer = helpers.trainer(run, max_steps=-1, max_epochs=1)
+    trainer.fit(helpers.module(), helpers.datamodule(synthetic, epoch_length=16, max_target_length=12))
+    assert trainer.callback_metrics["train/truncated_targets"] > 0
+    report = json.loads((run / "truncated_targets_epoch0.json").read_text())["truncated"]
+    assert report["total"] == trainer.callback_metrics["train/truncated_targets"]
+    # OD / region targets are cut at whole boxes; captions and answers at the token limit.
+    assert set(report["dropped"]) <= {"target_truncated_at_item", "target_truncated"}
+    assert "target_truncated_at_item" in report["dropped"]

@@ -141,7 +141,8 @@ class Collator:
     """Tokenizes in the worker and pads each batch only to its own longest prompt and target.
 
     Samples of one image (`image_key`) share a row of `pixel_values`; `image_index` maps samples to rows.
-    `skipped` and `rewritten` list `{"reason", "message"}` of the samples left out and of those trained changed.
+    `skipped`, `rewritten` and `truncated` list `{"reason", "message"}` of the samples left out, of those whose
+    image was used changed, and of those whose target was shortened to `max_target_length` (`fit_targets`).
     """
 
     processor: Florence2Processor
@@ -150,11 +151,20 @@ class Collator:
         skipped = [item.event for item in items if isinstance(item, SkippedItem)]
         samples = [item for item in items if isinstance(item, SampleItem)]
         rewritten = [item.image.rewritten for item in samples if item.image.rewritten]
-        batch: dict[str, Any] = {"skipped": skipped, "rewritten": rewritten, "size": len(samples)}
+        batch: dict[str, Any] = {
+            "skipped": skipped,
+            "rewritten": rewritten,
+            "truncated": [],
+            "size": len(samples),
+        }
         if not samples:
             return batch
         batch.update(self.processor.tokenize_prompts([item.prompt for item in samples]))
-        batch["labels"] = self.processor.tokenize_targets([item.target for item in samples])
+        targets, batch["truncated"] = self.processor.fit_targets(
+            [item.task for item in samples], [item.target for item in samples],
+            [item.image.image_size for item in samples],
+        )  # fmt: skip
+        batch["labels"] = self.processor.tokenize_targets(targets)
         firsts, batch["image_index"] = share_images([item.image.image_key for item in samples])
         batch["pixel_values"] = torch.stack([samples[i].image.pixel_values for i in firsts])
         batch["index"] = [item.image.index for item in samples]

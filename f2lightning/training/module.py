@@ -32,6 +32,10 @@ from f2lightning.training.quality import TaskQuality
 log = logging.getLogger(__name__)
 
 
+# What a batch reports about its samples (`Collator`): images skipped or used changed, targets shortened.
+SAMPLE_EVENTS = ("skipped", "rewritten", "truncated")
+
+
 class NonFiniteLossError(RuntimeError):
     """Too many consecutive steps with a NaN / Inf loss or gradient."""
 
@@ -146,8 +150,8 @@ class Florence2LitModule(L.LightningModule):
         self.processor: Florence2Processor | None = None
         # Per evaluation stage ("val", "test"): quality metrics over that stage's tasks.
         self.quality = torch.nn.ModuleDict()
-        # Per stage ("train" / "val"): the {"reason", "message"} of samples whose image was skipped or rewritten.
-        self._image_events: dict[str, dict[str, list[dict[str, str]]]] = {}
+        # Per stage ("train" / "val" / "test") and SAMPLE_EVENTS kind: the {"reason", "message"} of each sample.
+        self._sample_events: dict[str, dict[str, list[dict[str, str]]]] = {}
         self._nonfinite_in_a_row = 0
         self.nonfinite_steps = 0
         self._drawn_tasks: set[str] = set()
@@ -267,13 +271,13 @@ class Florence2LitModule(L.LightningModule):
         )
         return token_loss.sum() / (labels != -100).sum().clamp(min=1), token_loss
 
-    def _note_image_events(self, stage: str, batch: dict[str, Any]) -> None:
-        events = self._image_events.setdefault(stage, {"skipped": [], "rewritten": []})
-        events["skipped"] += batch["skipped"]
-        events["rewritten"] += batch.get("rewritten", [])
+    def _note_sample_events(self, stage: str, batch: dict[str, Any]) -> None:
+        events = self._sample_events.setdefault(stage, {kind: [] for kind in SAMPLE_EVENTS})
+        for kind in SAMPLE_EVENTS:
+            events[kind] += batch.get(kind, [])
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
-        self._note_image_events("train", batch)
+        self._note_sample_events("train", batch)
         if not batch["size"]:
             return None
         loss, token_loss = self(batch)
@@ -350,7 +354,7 @@ class Florence2LitModule(L.LightningModule):
 
     def _evaluation_step(self, stage: str, batch: dict[str, Any]) -> None:
         """Teacher-forced loss, then generation scored per task (`TaskQuality`), under `<stage>/...`."""
-        self._note_image_events(stage, batch)
+        self._note_sample_events(stage, batch)
         if not batch["size"]:
             return
         self.log(f"{stage}/loss", self(batch)[0], sync_dist=True, batch_size=batch["size"])
@@ -375,7 +379,7 @@ class Florence2LitModule(L.LightningModule):
             self._draw(stage, task, batch, preds)
 
     def _evaluation_epoch_end(self, stage: str, when: str) -> None:
-        self._report_image_events(stage, when, f"{stage}_step{self.global_step:06d}")
+        self._report_sample_events(stage, when, f"{stage}_step{self.global_step:06d}")
         if stage not in self.quality:
             return
         for name, value in self.quality[stage].compute().items():
@@ -401,33 +405,40 @@ class Florence2LitModule(L.LightningModule):
 
     # ------------------------------------------------------------------ epoch bookkeeping
     def on_train_epoch_end(self) -> None:
-        self._report_image_events("train", f"epoch {self.current_epoch}", f"epoch{self.current_epoch}")
+        self._report_sample_events("train", f"epoch {self.current_epoch}", f"epoch{self.current_epoch}")
 
-    def _report_image_events(self, stage: str, when: str, suffix: str) -> None:
-        """Log how many samples of `stage` lost or changed their image, and write them by reason to
-        `skipped_images_<suffix>.json` in the run's log folder (every rank's, gathered on rank 0)."""
-        events = self._image_events.pop(stage, {"skipped": [], "rewritten": []})
+    def _report_sample_events(self, stage: str, when: str, suffix: str) -> None:
+        """Log how many samples of `stage` lost or changed their image (`skipped_images_<suffix>.json`) or had
+        their target shortened (`truncated_targets_<suffix>.json`), and write them by reason to those files in
+        the run's log folder (every rank's, gathered on rank 0)."""
+        events = self._sample_events.pop(stage, {kind: [] for kind in SAMPLE_EVENTS})
         if self.trainer.world_size > 1:
             gathered: list[dict[str, list]] = [{} for _ in range(self.trainer.world_size)]
             torch.distributed.all_gather_object(gathered, events)
-            events = {kind: [e for rank in gathered for e in rank[kind]] for kind in ("skipped", "rewritten")}
-        skipped, rewritten = events["skipped"], events["rewritten"]
-        self.log(f"{stage}/skipped_images", float(len(skipped)), rank_zero_only=True)
-        if rewritten:
-            self.log(f"{stage}/rewritten_images", float(len(rewritten)), rank_zero_only=True)
-        if not (skipped or rewritten) or self.global_rank != 0:
+            events = {kind: [e for rank in gathered for e in rank[kind]] for kind in SAMPLE_EVENTS}
+        self.log(f"{stage}/skipped_images", float(len(events["skipped"])), rank_zero_only=True)
+        for kind, metric in (("rewritten", "rewritten_images"), ("truncated", "truncated_targets")):
+            if events[kind]:
+                self.log(f"{stage}/{metric}", float(len(events[kind])), rank_zero_only=True)
+        if self.global_rank != 0:
             return
-        reports = {kind: SkipReport(max_examples=100) for kind in ("skipped", "rewritten")}
-        for kind, kind_events in (("skipped", skipped), ("rewritten", rewritten)):
+        reports = {kind: SkipReport(max_examples=100) for kind in SAMPLE_EVENTS}
+        for kind, kind_events in events.items():
             for event in kind_events:
                 reports[kind].drop(event["reason"], example=event["message"])
-        report = {"stage": stage, "epoch": self.current_epoch, "step": self.global_step}
-        report |= {kind: kind_report.to_json() for kind, kind_report in reports.items()}
-        path = Path(self.trainer.log_dir or self.trainer.default_root_dir) / f"skipped_images_{suffix}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=2))
-        log.warning("%s: samples whose image was unusable: %s; rewritten: %s; report in %s", when,
-                    reports["skipped"], reports["rewritten"], path)  # fmt: skip
+        folder = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        for name, kinds in (
+            ("skipped_images", ("skipped", "rewritten")),
+            ("truncated_targets", ("truncated",)),
+        ):
+            if not any(reports[kind].total for kind in kinds):
+                continue
+            path = folder / f"{name}_{suffix}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            report = {"stage": stage, "epoch": self.current_epoch, "step": self.global_step}
+            path.write_text(json.dumps(report | {kind: reports[kind].to_json() for kind in kinds}, indent=2))
+            log.warning("%s: %s; report in %s", when,
+                        "; ".join(f"{kind}: {reports[kind]}" for kind in kinds), path)  # fmt: skip
 
     # ------------------------------------------------------------------ optimization
     def configure_optimizers(self) -> dict[str, Any]:
