@@ -547,3 +547,38 @@ def test_the_cli_tests_a_model_on_the_test_files_and_offers_no_predict_yet(synth
     assert all(torch.isfinite(metrics[name]) for name in ("test/loss",))
     with pytest.raises(SystemExit):
         main(["predict", *args])
+
+
+TINY_RUN = [
+    "--trainer.accelerator=cpu", "--trainer.max_steps=2", "--trainer.logger=false",
+    "--trainer.enable_checkpointing=false", "--trainer.limit_val_batches=0", "--trainer.num_sanity_val_steps=0",
+    "--data.image_size=64", "--data.batch_size=2", "--data.num_workers=0", "--data.max_target_length=256",
+    "--data.tasks=[<CAPTION>]", "--model.config_overrides={text: {max_position_embeddings: 512}}",
+    "--model.warmup_steps=1",
+]  # fmt: skip
+
+
+def test_train_py_without_a_sub_command_fits(synthetic, tmp_path):
+    from f2lightning.training.cli import main
+
+    cli = main([f"--data.synthetic_dir={synthetic}", f"--trainer.default_root_dir={tmp_path}", *TINY_RUN])
+    assert cli.subcommand == "fit" and cli.trainer.global_step == 2
+
+
+def test_lightning_run_model_trains_on_two_cpu_processes(synthetic, tmp_path):
+    # The user's launch habit, as typed: `lightning run model train.py --trainer.devices=2 ...` (no sub-command).
+    import socket
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    lightning = Path(sys.executable).parent / "lightning"
+    command = [str(lightning), "run", "model", f"--main-port={port}", "train.py", "--trainer.devices=2",
+               "--trainer.strategy=ddp", f"--data.synthetic_dir={synthetic}", f"--trainer.default_root_dir={tmp_path}",
+               *TINY_RUN]  # fmt: skip
+    repo = Path(__file__).resolve().parents[1]
+    ran = subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=600)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    log = ran.stdout + ran.stderr
+    assert "GLOBAL_RANK: 0, MEMBER: 1/2" in log and "GLOBAL_RANK: 1, MEMBER: 2/2" in log
+    assert "`max_steps=2` reached" in log

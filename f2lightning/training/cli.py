@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -55,6 +56,14 @@ class Florence2CLI(LightningCLI):
 
 def main(args: list[str] | None = None, run: bool = True) -> Florence2CLI:
     keep_freed_cpu_memory()
+    given = sys.argv[1:] if args is None else args
+    if run and not (given and (given[0] in Florence2CLI.subcommands() or given[0] in ("-h", "--help"))):
+        # No sub-command (`python train.py -c configs/demo.yaml`, as `lightning run model train.py ...` passes it):
+        # training is what is meant. On the command line itself, so that LightningCLI reads sys.argv as usual.
+        if args is None:
+            sys.argv.insert(1, "fit")
+        else:
+            args = ["fit", *args]
     return Florence2CLI(
         Florence2LitModule,
         Florence2DataModule,

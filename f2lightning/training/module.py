@@ -216,6 +216,8 @@ class Florence2LitModule(L.LightningModule):
             self._compiled_token_loss = torch.compile(self._token_loss)
 
     def setup(self, stage: str) -> None:
+        # Read on every rank: `trainer.log_dir` is a collective call under DDP, so rank 0 alone must not ask later.
+        self._run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
         datamodule = getattr(self.trainer, "datamodule", None)
         for name, dataset in (("val", "val_dataset"), ("test", "test_dataset")):
             dataset = getattr(datamodule, dataset, None)
@@ -395,7 +397,7 @@ class Florence2LitModule(L.LightningModule):
 
         dataset = getattr(self.trainer.datamodule, f"{stage}_dataset")
         folder = f"step{self.global_step:06d}" if stage == "val" else f"{stage}_step{self.global_step:06d}"
-        out_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "predictions" / folder
+        out_dir = self._run_dir / "predictions" / folder
         out_dir.mkdir(parents=True, exist_ok=True)
         for i, (index, pred) in enumerate(
             list(zip(batch["index"], preds, strict=True))[: self.hparams.log_predictions]
@@ -426,14 +428,13 @@ class Florence2LitModule(L.LightningModule):
         for kind, kind_events in events.items():
             for event in kind_events:
                 reports[kind].drop(event["reason"], example=event["message"])
-        folder = Path(self.trainer.log_dir or self.trainer.default_root_dir)
         for name, kinds in (
             ("skipped_images", ("skipped", "rewritten")),
             ("truncated_targets", ("truncated",)),
         ):
             if not any(reports[kind].total for kind in kinds):
                 continue
-            path = folder / f"{name}_{suffix}.json"
+            path = self._run_dir / f"{name}_{suffix}.json"
             path.parent.mkdir(parents=True, exist_ok=True)
             report = {"stage": stage, "epoch": self.current_epoch, "step": self.global_step}
             path.write_text(json.dumps(report | {kind: reports[kind].to_json() for kind in kinds}, indent=2))
