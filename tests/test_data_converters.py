@@ -522,6 +522,7 @@ def test_registry() -> None:
         "textcaps",
         "icdar2015",
         "vizwiz",
+        "maestro",
     }
     with pytest.raises(KeyError, match="unknown format"):
         get_converter("pascal")
@@ -832,6 +833,7 @@ def convert_args(tmp_path, fmt: str) -> list[str]:
             str(tmp_path / "no_ids.txt"),
         ],
         "icdar2015": [str(folder), "--image-dir", "x"],
+        "maestro": [str(folder)],
     }[fmt]
 
 
@@ -1158,3 +1160,37 @@ def test_each_converter_declares_its_files_and_folders_by_annotation():
 def test_the_readme_names_every_registered_format():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert [name for name in CONVERTERS if f"`{name}`" not in readme] == []
+
+
+def test_maestro_jsonl_becomes_records_with_pixel_boxes_and_counted_clamps(tmp_path) -> None:
+    from f2lightning.data.converters.maestro import convert_maestro
+
+    for split in ("train", "valid"):
+        (tmp_path / split).mkdir()
+        Image.new("RGB", (200, 100)).save(tmp_path / split / "a.jpg")
+    lines = [
+        {"image": "a.jpg", "prefix": "<OD>", "suffix": "car<loc_100><loc_200><loc_500><loc_1000>dog<loc_0><loc_0><loc_10><loc_10>"},
+        {"image": "a.jpg", "prefix": "<CAPTION>", "suffix": "A car and a dog."},
+        {"image": "a.jpg", "prefix": "<DocVQA>What is written?", "suffix": "nothing"},
+        {"image": "gone.jpg", "prefix": "<CAPTION>", "suffix": "A lost image."},
+    ]  # fmt: skip
+    (tmp_path / "train" / "annotations.jsonl").write_text(
+        "\n".join(json.dumps(line) for line in lines) + "\n"
+    )
+    (tmp_path / "valid" / "annotations.jsonl").write_text(json.dumps(lines[1]) + "\n")
+    report = SkipReport()
+    records = convert_maestro(tmp_path, report=report)
+    assert [r.source for r in records] == ["maestro-train", "maestro-valid"]
+    train = records[0]
+    assert train.texts == {"brief": ["A car and a dog."]}
+    assert [r.category for r in train.regions] == ["car", "dog"]
+    # Bin centres in pixels of the 200x100 image; <loc_1000> (the bottom edge) is clamped onto the border.
+    assert train.regions[0].box == pytest.approx([20.1, 20.05, 100.1, 100.0])
+    assert train.regions[1].box == pytest.approx([0.1, 0.05, 2.1, 1.05])
+    assert report.dropped == {"location_clamped": 1, "unsupported_prefix_DocVQA": 1, "missing_image": 1}
+    assert len(convert_maestro(tmp_path, splits=["valid"], report=SkipReport())) == 1
+    (tmp_path / "train" / "annotations.jsonl").write_text('{"image": "a.jpg", "prefix": "<OD>"}\n')
+    with pytest.raises(
+        ConversionError, match=r"annotations\.jsonl: line 1 must be an object with string image"
+    ):
+        convert_maestro(tmp_path, report=SkipReport())
