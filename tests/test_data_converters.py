@@ -523,6 +523,7 @@ def test_registry() -> None:
         "icdar2015",
         "vizwiz",
         "maestro",
+        "yolo",
     }
     with pytest.raises(KeyError, match="unknown format"):
         get_converter("pascal")
@@ -834,6 +835,7 @@ def convert_args(tmp_path, fmt: str) -> list[str]:
         ],
         "icdar2015": [str(folder), "--image-dir", "x"],
         "maestro": [str(folder)],
+        "yolo": [bad],
     }[fmt]
 
 
@@ -1194,3 +1196,34 @@ def test_maestro_jsonl_becomes_records_with_pixel_boxes_and_counted_clamps(tmp_p
         ConversionError, match=r"annotations\.jsonl: line 1 must be an object with string image"
     ):
         convert_maestro(tmp_path, report=SkipReport())
+
+
+def test_yolo_folders_become_pixel_boxes_and_polygons_with_counted_drops(tmp_path) -> None:
+    from f2lightning.data.converters.yolo import convert_yolo
+
+    for split in ("train", "val"):
+        (tmp_path / "images" / split).mkdir(parents=True)
+        (tmp_path / "labels" / split).mkdir(parents=True)
+    Image.new("RGB", (200, 100)).save(tmp_path / "images/train/a.jpg")
+    Image.new("RGB", (200, 100)).save(tmp_path / "images/train/empty.jpg")
+    Image.new("RGB", (50, 50)).save(tmp_path / "images/val/b.png")
+    (tmp_path / "labels/train/a.txt").write_text(
+        "0 0.5 0.5 0.2 0.4\n1 0.1 0.1 0.3 0.1 0.3 0.3\n7 0.5 0.5 0.1 0.1\n"
+    )
+    (tmp_path / "labels/val/b.txt").write_text("1 0.5 0.5 1.2 0.2\n")
+    (tmp_path / "data.yaml").write_text("path: .\ntrain: images/train\nval: images/val\nnames: [cat, dog]\n")
+    report = SkipReport()
+    records = convert_yolo(tmp_path / "data.yaml", report=report)
+    assert [(r.id, r.source) for r in records] == [("a", "yolo-train"), ("b", "yolo-val")]
+    cat, dog = records[0].regions
+    assert (cat.category, cat.box) == ("cat", pytest.approx([80.0, 30.0, 120.0, 70.0]))
+    assert dog.category == "dog" and dog.polygons == [pytest.approx([20.0, 10.0, 60.0, 10.0, 60.0, 30.0])]
+    assert dog.box == pytest.approx([20.0, 10.0, 60.0, 30.0])
+    assert records[1].regions[0].box == pytest.approx(
+        [0.0, 20.0, 50.0, 30.0]
+    )  # 1.2 wide: clipped to the image
+    assert report.dropped == {"bad_label_line": 1, "image_without_objects": 1}
+    assert [r.id for r in convert_yolo(tmp_path / "data.yaml", splits=["val"], report=SkipReport())] == ["b"]
+    (tmp_path / "data.yaml").write_text("train: images/train\n")
+    with pytest.raises(ConversionError, match=r"data\.yaml: has no `names`"):
+        convert_yolo(tmp_path / "data.yaml", report=SkipReport())
