@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -61,3 +62,23 @@ def test_the_demo_config_ships_in_the_wheel(tmp_path):
     assert out.returncode == 0, out.stderr
     config, max_steps = out.stdout.split()[-2:]
     assert Path(config).is_relative_to(tmp_path / "site") and int(max_steps) > 0
+
+
+def test_the_demo_runs_end_to_end_on_a_small_budget(tmp_path, monkeypatch):
+    # `make demo` as written, with the data, steps and validation shrunk: every file it promises is written.
+    from f2lightning.demo import main
+
+    monkeypatch.chdir(tmp_path)  # the config's relative runs/demo and data/synthetic land here
+    small = ["--data.synthetic_images=40", "--trainer.max_steps=3", "--model.hold_encoders_steps=1",
+             "--data.val_samples_per_task=2", "--trainer.val_check_interval=3", "--data.num_workers=0"]  # fmt: skip
+    assert main(small) == 0
+    run = tmp_path / "runs/demo"
+    rows = (run / "results.md").read_text().splitlines()
+    assert rows[0] == "| task | metric | untrained | image-blind prior | trained |"
+    assert any(row.startswith("| OD | box_recall@0.5 |") for row in rows)
+    results = json.loads((run / "results.json").read_text())
+    assert set(results) == {"untrained", "image_blind_prior", "trained"}
+    assert {"model.safetensors", "config.json", "processor_config.json", "tokenizer.json"} <= {
+        p.name for p in (run / "model").iterdir()
+    }
+    assert list(run.glob("logs/version_*/predictions/step000003/od_*.png"))
