@@ -1222,7 +1222,7 @@ def test_yolo_folders_become_pixel_boxes_and_polygons_with_counted_drops(tmp_pat
     assert records[1].regions[0].box == pytest.approx(
         [0.0, 20.0, 50.0, 30.0]
     )  # 1.2 wide: clipped to the image
-    assert report.dropped == {"bad_label_line": 1, "image_without_objects": 1}
+    assert report.dropped == {"bad_label_line": 1, "image_without_objects": 1, "location_clamped": 1}
     assert [r.id for r in convert_yolo(tmp_path / "data.yaml", splits=["val"], report=SkipReport())] == ["b"]
     (tmp_path / "data.yaml").write_text("train: images/train\n")
     with pytest.raises(ConversionError, match=r"data\.yaml: has no `names`"):

@@ -34,8 +34,8 @@ def convert_yolo(
 ) -> list[Record]:
     """One record per image of the splits `data.yaml` names (all of train / val / test it has, or `splits`).
 
-    Boxes and polygons are turned into pixels of the image (read from its header) and clipped to it; a polygon
-    also gives its bounding box. An image without a label file, or with an empty one, has no objects and is
+    Boxes and polygons are turned into pixels of the image (read from its header) and clipped to it (each clipped
+    object counted as `location_clamped`); a polygon also gives its bounding box. An image without a label file, or with an empty one, has no objects and is
     dropped as `image_without_objects`. A label line that is not a known class with 4 or an even number of at
     least 6 finite coordinates is dropped as `bad_label_line`. A `data.yaml` without `names`, or whose split
     folder is missing, is a `ConversionError` naming it.
@@ -82,7 +82,7 @@ def _record(image: Path, names: dict, split: str, report: SkipReport) -> Record 
     if labels is not None and labels.is_file():
         for number, line in enumerate(read_text(labels).splitlines(), start=1):
             if line.strip():
-                region = _region(line, names, size)
+                region = _region(line, names, size, report, f"{labels}:{number}")
                 if region is None:
                     report.drop("bad_label_line", example=f"{labels}:{number}")
                 else:
@@ -94,7 +94,7 @@ def _record(image: Path, names: dict, split: str, report: SkipReport) -> Record 
                   regions=regions)  # fmt: skip
 
 
-def _region(line: str, names: dict, size: tuple[int, int]) -> Region | None:
+def _region(line: str, names: dict, size: tuple[int, int], report: SkipReport, where: str) -> Region | None:
     fields = line.split()
     try:
         label, values = int(fields[0]), [float(v) for v in fields[1:]]
@@ -105,14 +105,19 @@ def _region(line: str, names: dict, size: tuple[int, int]) -> Region | None:
     width, height = size
     if len(values) == 4:
         cx, cy, w, h = values
-        box = [(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height]
-        return Region(box=clip_points(box, width, height), category=str(names[label]))
-    if len(values) >= 6 and len(values) % 2 == 0:
-        polygon = clip_points(
-            [v * (width if i % 2 == 0 else height) for i, v in enumerate(values)], width, height
-        )
-        return Region(box=bounding_box(polygon), category=str(names[label]), polygons=[polygon])
-    return None
+        points = [(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height]
+    elif len(values) >= 6 and len(values) % 2 == 0:
+        points = [v * (width if i % 2 == 0 else height) for i, v in enumerate(values)]
+    else:
+        return None
+    clipped = clip_points(points, width, height)
+    if clipped != points:
+        report.drop(
+            "location_clamped", example=where
+        )  # kept, clamped onto the border: counted so that it is seen
+    if len(values) == 4:
+        return Region(box=clipped, category=str(names[label]))
+    return Region(box=bounding_box(clipped), category=str(names[label]), polygons=[clipped])
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
