@@ -19,8 +19,8 @@ if [ -n "$torch_spec" ] && ! .venv/bin/python -c "import torch, torchvision" 2>/
     "${pip[@]}" install $torch_spec
 fi
 
-extras=dev,streaming
-[ "${F2L_DOWNSTREAM:-1}" = 1 ] && extras=dev,streaming,downstream
+extras=dev,streaming,engine,lora,parquet
+[ "${F2L_DOWNSTREAM:-1}" = 1 ] && extras=$extras,downstream
 stamp=.venv/.installed-${extras//,/-}
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     echo "setup: installing f2lightning[$extras]"

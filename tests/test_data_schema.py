@@ -16,11 +16,15 @@ from f2lightning.data.schema import (
     Phrase,
     Record,
     Region,
+    SourcedText,
     VqaPair,
+    source_of,
 )
 from f2lightning.tasks import get_task
 
 words = st.text(alphabet="abcdefgh xyzé漢", min_size=1, max_size=12).filter(str.strip)
+# Provenance of a generated annotation (source, score), or a human one's (None, None).
+origins = st.none() | st.tuples(words, st.none() | st.floats(0, 1))
 
 
 @st.composite
@@ -35,6 +39,14 @@ def records(draw) -> Record:
         ys = sorted({coord(h) for _ in range(2)} | {0.0, float(h)})
         return [xs[0], ys[0], xs[-1], ys[-1]]
 
+    def origin() -> dict:
+        drawn = draw(origins)
+        return {} if drawn is None else {"source": drawn[0], "score": drawn[1]}
+
+    def caption() -> str:
+        drawn = draw(words)
+        return SourcedText(drawn, **origin()) if draw(st.booleans()) else drawn
+
     def polygon() -> list[float]:
         return [coord(w if i % 2 == 0 else h) for i in range(2 * draw(st.integers(3, 6)))]
 
@@ -46,6 +58,7 @@ def records(draw) -> Record:
             brief=draw(st.none() | words),
             polygons=[polygon() for _ in range(draw(st.integers(0, 2)))],
             referring=draw(st.lists(words, max_size=2)),
+            **origin(),
         )
         for _ in range(draw(st.integers(0, 3)))
     ]
@@ -61,13 +74,19 @@ def records(draw) -> Record:
         id=draw(st.none() | words),
         source=draw(st.none() | words),
         texts={
-            g: draw(st.lists(words, min_size=1, max_size=2)) for g in GRANULARITIES if draw(st.booleans())
+            g: [caption() for _ in range(draw(st.integers(1, 2)))]
+            for g in GRANULARITIES
+            if draw(st.booleans())
         },
         regions=regions,
         exhaustive=draw(st.booleans()),
-        groundings=[Grounding(text=text, phrases=phrases, granularity=draw(st.sampled_from(GRANULARITIES)))],
+        groundings=[
+            Grounding(
+                text=text, phrases=phrases, granularity=draw(st.sampled_from(GRANULARITIES)), **origin()
+            )
+        ],
         ocr=[
-            OcrLine(quad=[*polygon()[:6], coord(w), coord(h)], text=draw(words))
+            OcrLine(quad=[*polygon()[:6], coord(w), coord(h)], text=draw(words), **origin())
             for _ in range(draw(st.integers(0, 2)))
         ],
         vqa=[VqaPair(question=draw(words), answers=draw(st.lists(words, min_size=1, max_size=3)))],
@@ -81,6 +100,27 @@ def test_json_round_trip(record: Record) -> None:
     assert "\n" not in line
     assert Record.from_json(json.loads(line)) == record
     assert Record.from_json(json.loads(line)).to_json_line() == line
+
+
+def test_generated_annotations_keep_their_source_and_score_and_old_files_read_unchanged() -> None:
+    line = {
+        "image": "a.png", "width": 100, "height": 50,
+        "texts": {"brief": ["a dog", {"text": "a brown dog", "source": "florence2-round0", "score": 0.8}]},
+        "regions": [{"box": [1, 1, 20, 20], "category": "dog"},
+                    {"box": [2, 2, 30, 30], "category": "dog", "source": "dino", "score": 0.5}],
+    }  # fmt: skip
+    record = Record.from_json(line)
+    human, generated = record.texts["brief"]
+    assert (source_of(human), source_of(generated), generated.score) == (None, "florence2-round0", 0.8)
+    assert generated == "a brown dog" and generated.upper() == "A BROWN DOG"  # still a str to every producer
+    assert [(source_of(r), r.score) for r in record.regions] == [(None, None), ("dino", 0.5)]
+    assert record.to_json() == line  # human annotations are written as before: no provenance keys
+
+
+@pytest.mark.parametrize("score", [1.5, -0.1, "high", True])
+def test_a_score_outside_zero_one_is_rejected(score) -> None:
+    with pytest.raises(BadRecordError, match=r"regions\[0\]\.score must be a number in \[0, 1\]"):
+        Record.from_json(minimal(regions=[{"box": [1, 1, 2, 2], "source": "dino", "score": score}]))
 
 
 def minimal(**fields) -> dict:

@@ -26,6 +26,11 @@ converter writes this shape, so the training data pipeline only ever reads one f
       "vqa": [{"question": "What is on the mat?", "answers": ["dog", "dog", "puppy"]}]
     }
 
+Annotations made by a model (the data engine, paper §4.2) say so: a region, grounding or OCR line carries
+``"source"`` (the specialist that wrote it) and ``"score"`` (its confidence in [0, 1]); a generated text is an
+object ``{"text": "...", "source": "...", "score": 0.8}`` in place of the plain string. Human annotations have
+neither, so files written before provenance existed read unchanged.
+
 Empty / default fields are left out of the JSON. ``exhaustive`` is false for sources that
 annotate only some objects (RefCOCO refers to a few objects per image); listing tasks (OD,
 dense region caption, region proposal, open-vocabulary detection) are not generated from
@@ -47,6 +52,24 @@ GRANULARITIES = ("brief", "detailed", "more_detailed")
 MAX_IMAGE_SIDE = 2**31 - 1
 
 
+class SourcedText(str):
+    """A text of `Record.texts` written by a model: still a `str` to every task producer and filter, it
+    remembers the specialist (`source`) and its confidence (`score`) so that they survive a write."""
+
+    source: str | None
+    score: float | None
+
+    def __new__(cls, text: str, source: str | None = None, score: float | None = None) -> SourcedText:
+        made = super().__new__(cls, text)
+        made.source, made.score = source, score
+        return made
+
+
+def source_of(annotation: Any) -> str | None:
+    """Which specialist wrote an annotation (a region, grounding, OCR line or text); None for a human one."""
+    return getattr(annotation, "source", None)
+
+
 class BadRecordError(ValueError):
     """A record that cannot be used. ``where`` is ``file:line``; ``reason`` is a short key
     used to count skips (``box_outside_image``, ``bad_polygon``, ...)."""
@@ -66,6 +89,8 @@ class Region:
     brief: str | None = None
     polygons: list[list[float]] = field(default_factory=list)
     referring: list[str] = field(default_factory=list)
+    source: str | None = None  # the specialist that wrote it (None: a human annotation)
+    score: float | None = None  # its confidence in [0, 1]
 
     @property
     def description(self) -> str | None:
@@ -89,6 +114,8 @@ class Grounding:
     text: str
     phrases: list[Phrase]
     granularity: str = "brief"
+    source: str | None = None
+    score: float | None = None
 
     def phrase_text(self, phrase: Phrase) -> str:
         return self.text[phrase.span[0] : phrase.span[1]]
@@ -100,6 +127,8 @@ class OcrLine:
 
     quad: list[float]
     text: str
+    source: str | None = None
+    score: float | None = None
 
 
 @dataclass
@@ -137,7 +166,7 @@ class Record:
             out["id"] = self.id
         if self.source is not None:
             out["source"] = self.source
-        texts = {k: list(v) for k, v in self.texts.items() if v}
+        texts = {k: [_text_json(t) for t in v] for k, v in self.texts.items() if v}
         if texts:
             out["texts"] = texts
         if self.regions:
@@ -147,7 +176,7 @@ class Record:
         if self.groundings:
             out["groundings"] = [_grounding_json(g) for g in self.groundings]
         if self.ocr:
-            out["ocr"] = [{"quad": list(o.quad), "text": o.text} for o in self.ocr]
+            out["ocr"] = [_with_origin({"quad": list(o.quad), "text": o.text}, o) for o in self.ocr]
         if self.vqa:
             out["vqa"] = [{"question": q.question, "answers": list(q.answers)} for q in self.vqa]
         return out
@@ -179,7 +208,18 @@ def _region_json(r: Region) -> dict[str, Any]:
         out["polygons"] = [list(p) for p in r.polygons]
     if r.referring:
         out["referring"] = list(r.referring)
+    return _with_origin(out, r)
+
+
+def _with_origin(out: dict[str, Any], annotation: Any) -> dict[str, Any]:
+    for key in ("source", "score"):
+        if getattr(annotation, key) is not None:
+            out[key] = getattr(annotation, key)
     return out
+
+
+def _text_json(text: str) -> str | dict[str, Any]:
+    return _with_origin({"text": str(text)}, text) if isinstance(text, SourcedText) else text
 
 
 def _grounding_json(g: Grounding) -> dict[str, Any]:
@@ -189,7 +229,7 @@ def _grounding_json(g: Grounding) -> dict[str, Any]:
         if p.polygons:
             pj["polygons"] = [list(q) for q in p.polygons]
         phrases.append(pj)
-    return {"text": g.text, "granularity": g.granularity, "phrases": phrases}
+    return _with_origin({"text": g.text, "granularity": g.granularity, "phrases": phrases}, g)
 
 
 class _Validator:
@@ -268,6 +308,23 @@ class _Validator:
     def optional_label(self, value: Any, name: str) -> str | None:
         return None if value is None else self.label(value, name)
 
+    def origin(self, d: dict, name: str) -> dict[str, Any]:
+        """`source` / `score` of a generated annotation: which specialist, how confident (in [0, 1])."""
+        score = d.get("score")
+        if score is not None and (
+            isinstance(score, bool) or not isinstance(score, int | float) or not 0 <= score <= 1
+        ):
+            raise self.fail("bad_field", f"{name}.score must be a number in [0, 1], got {_short(score)}")
+        source = self.optional_string(d.get("source"), f"{name}.source")
+        return {"source": source, "score": None if score is None else float(score)}
+
+    def text(self, value: Any, name: str) -> str:
+        """A text: a plain string (human) or `{"text", "source", "score"}` (generated)."""
+        if not isinstance(value, dict):
+            return self.free_text(value, name)
+        text = self.free_text(value.get("text"), f"{name}.text")
+        return SourcedText(text, **self.origin(value, name))
+
     def boolean(self, value: Any, name: str) -> bool:
         if not isinstance(value, bool):
             raise self.fail("bad_field", f"{name} must be true or false, got {value!r}")
@@ -333,7 +390,7 @@ class _Validator:
             raise self.fail(
                 "bad_field", f"texts has unknown granularity {sorted(unknown)}; use {GRANULARITIES}"
             )
-        return {k: self.strings(v, f"texts.{k}", self.free_text) for k, v in texts.items()}
+        return {k: self.strings(v, f"texts.{k}", self.text) for k, v in texts.items()}
 
     def region(self, value: Any, i: int) -> Region:
         name = f"regions[{i}]"
@@ -349,6 +406,7 @@ class _Validator:
             brief=self.optional_label(r.get("brief"), f"{name}.brief"),
             polygons=self.polygons(r["polygons"], f"{name}.polygons") if "polygons" in r else [],
             referring=self.strings(r.get("referring", []), f"{name}.referring", self.label),
+            **self.origin(r, name),
         )
 
     def grounding(self, value: Any, i: int) -> Grounding:
@@ -383,14 +441,15 @@ class _Validator:
                     polygons=self.polygons(p["polygons"], f"{pname}.polygons") if "polygons" in p else [],
                 )
             )
-        return Grounding(text=text, phrases=phrases, granularity=granularity)
+        return Grounding(text=text, phrases=phrases, granularity=granularity, **self.origin(g, name))
 
     def ocr_line(self, value: Any, i: int) -> OcrLine:
         name = f"ocr[{i}]"
         o = self.obj(value, name)
         quad = self.numbers(o.get("quad"), f"{name}.quad", length=8)
         self.inside(quad, f"{name}.quad", "quad_outside_image")
-        return OcrLine(quad=quad, text=self.label(o.get("text"), f"{name}.text", ocr_text_problem))
+        text = self.label(o.get("text"), f"{name}.text", ocr_text_problem)
+        return OcrLine(quad=quad, text=text, **self.origin(o, name))
 
     def vqa_pair(self, value: Any, i: int) -> VqaPair:
         name = f"vqa[{i}]"
