@@ -17,6 +17,7 @@ from f2lightning.allocator import keep_freed_cpu_memory
 COMMAND_MODULES = [
     "f2lightning.data.commands",
     "f2lightning.evaluation.commands",
+    "f2lightning.inference.commands",
     "f2lightning.model.commands",
 ]
 LIGHTNING_SUBCOMMANDS = {"fit", "validate", "test"}

@@ -43,6 +43,20 @@ def load_image(path: str | Path) -> Image.Image:
     return _decode(Path(path), path)
 
 
+def upright_size(path: str | Path) -> tuple[int, int]:
+    """`(width, height)` of a file as `load_image` gives it (EXIF rotations of 90° swap the sides), read from
+    the header without decoding the pixels; `BadImageError` when it cannot be opened."""
+    try:
+        with Image.open(path) as image:
+            # EXIF orientations 5-8 are the transposes and quarter turns: exif_transpose swaps width and height.
+            turned = image.getexif().get(0x0112) in (5, 6, 7, 8)
+            return (image.height, image.width) if turned else image.size
+    except FileNotFoundError:
+        raise BadImageError(f"{path}: file not found", "missing_image") from None
+    except (OSError, ValueError, SyntaxError) as error:
+        raise BadImageError(f"{path}: cannot read image ({error})", "undecodable_image") from error
+
+
 def load_image_bytes(data: bytes | memoryview, name: str) -> Image.Image:
     """Decode an encoded image held in memory (e.g. read from a shard); errors name `name`, its source file."""
     return _decode(io.BytesIO(data), name)

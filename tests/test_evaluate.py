@@ -18,12 +18,12 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from f2lightning.evaluation.benchmarks import BENCHMARKS, PAPER_ROWS
 from f2lightning.evaluation.commands import register_cli
-from f2lightning.evaluation.generation import EvalSample, GenerationSettings, generate, length_aware_batches
-from f2lightning.evaluation.runner import load_config, load_model, load_samples, predictions
-from f2lightning.model import Florence2, Florence2Config
-from f2lightning.processor import Florence2Processor
-from f2lightning.tokenizer import train_tokenizer
-from tests.helpers.weights import randomize_
+from f2lightning.evaluation.runner import load_config, load_samples, predictions
+from f2lightning.evaluation.samples import EvalSample
+from f2lightning.inference.generation import GenerationSettings, generate, length_aware_batches
+from f2lightning.inference.loading import load_model
+from f2lightning.model import Florence2
+from tests.helpers.weights import tiny_checkpoint
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "eval"
 IMAGE = (64, 48)
@@ -43,23 +43,7 @@ def one_thread():
 # ------------------------------------------------------------------------------------------- model
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    """A random tiny Florence-2 saved like a released one (transformers layout + tokenizer files)."""
-    texts = [
-        "What does the image describe? a dog and a man in a red car.",
-        "Locate the phrases in the caption:",
-    ]
-    tokenizer = train_tokenizer(texts * 10, vocab_size=320)
-    config = Florence2Config.preset(
-        "tiny",
-        image_size=64,
-        text={"vocab_size": -(-len(tokenizer) // 64) * 64},
-        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-    )
-    torch.manual_seed(0)
-    model = randomize_(Florence2(config), std=0.1)  # outputs that depend on the image and the prompt
-    path = model.save_pretrained(tmp_path_factory.mktemp("checkpoint"))
-    Florence2Processor.for_model(config, tokenizer).save_pretrained(path)
-    return path
+    return tiny_checkpoint(tmp_path_factory.mktemp("checkpoint"))
 
 
 @pytest.fixture(scope="module")

@@ -34,13 +34,13 @@ from f2lightning.evaluation import (
     RECAccuracy,
     ReferringSegmentationIoU,
     VQAAccuracy,
-    box_scores_from_logprobs,
     coco_caption_tokenize,
     normalize_vqa_answer,
     ptb_tokenize,
     vqa_accuracy,
 )
 from f2lightning.evaluation import caption as caption_module
+from f2lightning.inference.scores import box_scores_from_logprobs
 
 # ------------------------------------------------------------------------------------------------ fixtures
 

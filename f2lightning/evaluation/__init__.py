@@ -1,6 +1,5 @@
 """Evaluation metrics (torchmetrics, DDP-safe) for the Florence-2 tasks, each following its benchmark's protocol."""
 
-from f2lightning.evaluation.box_scores import box_scores_from_logprobs
 from f2lightning.evaluation.caption import BLEU, CIDEr, coco_caption_tokenize, ptb_tokenize
 from f2lightning.evaluation.detection import DetectionMAP
 from f2lightning.evaluation.grounding import PhraseGroundingRecall, RECAccuracy, box_iou, union_box
@@ -18,7 +17,6 @@ __all__ = [
     "ReferringSegmentationIoU",
     "VQAAccuracy",
     "box_iou",
-    "box_scores_from_logprobs",
     "coco_caption_tokenize",
     "edit_distance",
     "normalize_ocr_text",

@@ -18,7 +18,7 @@ from typing import Any
 
 from f2lightning.data.converters.base import image_path, read_image_size
 from f2lightning.data.converters.vqa import VQAV2_IMAGE_PATTERN, textvqa_image_file
-from f2lightning.evaluation.generation import EvalSample
+from f2lightning.evaluation.samples import EvalSample
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from f2lightning.data.expand import task_annotations
 from f2lightning.data.schema import Record
 from f2lightning.evaluation.caption import BLEU, CIDEr, resolve_caption_tokenizer
 from f2lightning.evaluation.detection import DetectionMAP
-from f2lightning.evaluation.generation import EvalSample
+from f2lightning.evaluation.samples import EvalSample
 from f2lightning.evaluation.grounding import PhraseGroundingRecall, RECAccuracy
 from f2lightning.evaluation.segmentation import ReferringSegmentationIoU
 from f2lightning.evaluation.vqa import VQAAccuracy

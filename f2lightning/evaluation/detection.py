@@ -42,7 +42,7 @@ class DetectionMAP(RecordMetric):
 
         ``preds[i]``: ``{'bboxes': [[x0, y0, x1, y1], ...], 'labels': [name, ...], 'scores': [float, ...]}``
         (pixels; lists, numpy arrays or tensors). Florence-2 emits no confidence: derive ``scores`` with
-        :func:`f2lightning.evaluation.box_scores_from_logprobs`.
+        :func:`f2lightning.inference.scores.box_scores_from_logprobs`.
         ``targets[i]``: ``{'bboxes': ..., 'labels': ...}`` plus optional per-box ``'iscrowd'`` (0/1) and
         ``'area'`` (e.g. the mask area COCO uses for its size ranges; default: box area).
         """

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from f2lightning.evaluation.benchmarks import PAPER_ROWS, Benchmark
-from f2lightning.evaluation.generation import GenerationSettings
+from f2lightning.inference.generation import GenerationSettings
 
 
 @dataclass

@@ -27,7 +27,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
 from f2lightning.data.converters import get_converter
@@ -35,13 +34,14 @@ from f2lightning.data.converters.base import path_parameters
 from f2lightning.data.skips import SkipReport
 from f2lightning.evaluation.answer_files import ANSWER_FORMATS, write_answers
 from f2lightning.evaluation.benchmarks import Benchmark, get_benchmark
-from f2lightning.evaluation.generation import EvalSample, Generation, GenerationSettings, box_scores, generate
 from f2lightning.evaluation.report import BenchmarkResult, SplitResult, write_report
+from f2lightning.evaluation.samples import EvalSample
+from f2lightning.inference.generation import Generation, GenerationSettings, generate
+from f2lightning.inference.loading import load_model, resolve_device, use_bf16
+from f2lightning.inference.results import scored_result
 from f2lightning.model import Florence2
-from f2lightning.model.checkpoints import read_tokenizer
 from f2lightning.processor import Florence2Processor
 from f2lightning.tasks import get_task
-from f2lightning.tokenizer import load_tokenizer
 
 _NEEDS_OUTPUT = "the answers are private; give an output folder (-o DIR, out_dir=) for the answers file"
 
@@ -127,40 +127,6 @@ def _under_root(reader: Callable[..., Any], data: dict[str, Any], data_root: str
     return {k: str(Path(data_root) / v) if k in paths and isinstance(v, str) else v for k, v in data.items()}
 
 
-def load_model(
-    checkpoint: str | Path,
-    tokenizer: str | Path | None = None,
-    device: str = "cpu",
-    image_size: int | None = None,
-) -> tuple[Florence2, Florence2Processor]:
-    """Any checkpoint `Florence2.from_pretrained` reads, with its processor (its own tokenizer, or `tokenizer`),
-    ready to generate.
-
-    `image_size` overrides the checkpoint's input resolution (a transformers config.json does not record it, so
-    such checkpoints load at Florence-2's 768).
-    """
-    model = Florence2.from_pretrained(checkpoint, **({"image_size": image_size} if image_size else {}))
-    tokenizer = load_tokenizer(tokenizer) if tokenizer is not None else read_tokenizer(Path(checkpoint))
-    if tokenizer is None:
-        raise ValueError(f"{checkpoint}: no tokenizer files beside the weights; pass --tokenizer DIR")
-    return model.to(device).eval(), Florence2Processor.for_model(model.config, tokenizer)
-
-
-def resolve_device(device: str = "auto") -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-def use_bf16(device: str, precision: str = "auto") -> bool:
-    """bf16 autocast on CUDA GPUs that support it (`precision='auto'`), or as asked."""
-    if precision == "auto":
-        return device.startswith("cuda") and torch.cuda.is_bf16_supported()
-    if precision not in ("bf16", "fp32"):
-        raise ValueError(f"precision must be auto, bf16 or fp32, got {precision!r}")
-    return precision == "bf16"
-
-
 def predictions(
     benchmark: Benchmark,
     generations: Sequence[Generation],
@@ -171,24 +137,13 @@ def predictions(
     sequence-level score because the parser and the box scorer disagreed on the number of boxes (malformed
     output such as location tokens without a label)."""
     task = get_task(benchmark.kind.task)
-    parsed = [task.parse(g.text, s.image_size) for g, s in zip(generations, samples, strict=True)]
     if not benchmark.kind.needs_box_scores:
-        return parsed, 0
-    fallbacks = 0
-    for result, generation in zip(parsed, generations):
-        scores = box_scores(generation, processor)
-        if len(scores) != len(result["bboxes"]):
-            fallbacks += 1
-            scores = [_sequence_score(generation, processor)] * len(result["bboxes"])
-        result["scores"] = scores
-    return parsed, fallbacks
-
-
-def _sequence_score(generation: Generation, processor: Florence2Processor) -> float:
-    tokenizer = processor.tokenizer
-    special = {tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id}
-    logprobs = [lp for t, lp in zip(generation.token_ids, generation.token_logprobs) if t not in special]
-    return float(torch.tensor(logprobs or [0.0], dtype=torch.float64).mean().exp())
+        return [task.parse(g.text, s.image_size) for g, s in zip(generations, samples, strict=True)], 0
+    scored = [
+        scored_result(task.token, g, s.image_size, processor)
+        for g, s in zip(generations, samples, strict=True)
+    ]
+    return [r.result for r in scored], sum(r.fell_back for r in scored)
 
 
 def run_benchmark(

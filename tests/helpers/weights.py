@@ -9,6 +9,8 @@ reorder, and the generated tokens differ per input.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -26,3 +28,28 @@ def randomize_(model: nn.Module, std: float = 0.2, seed: int = 0) -> nn.Module:
         noise = torch.randn(param.shape, generator=generator) * std
         param.copy_(noise + 1.0 if id(param) in norms else noise)
     return model
+
+
+def tiny_checkpoint(path: Path) -> Path:
+    """A random tiny Florence-2 (64-pixel input) saved like a released one: transformers layout, tokenizer and
+    processor files."""
+    from f2lightning.model import Florence2, Florence2Config
+    from f2lightning.processor import Florence2Processor
+    from f2lightning.tokenizer import train_tokenizer
+
+    texts = [
+        "What does the image describe? a dog and a man in a red car.",
+        "Locate the phrases in the caption:",
+    ]
+    tokenizer = train_tokenizer(texts * 10, vocab_size=320)
+    config = Florence2Config.preset(
+        "tiny",
+        image_size=64,
+        text={"vocab_size": -(-len(tokenizer) // 64) * 64},
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+    )
+    torch.manual_seed(0)
+    model = randomize_(Florence2(config), std=0.1)  # outputs that depend on the image and the prompt
+    saved = model.save_pretrained(path)
+    Florence2Processor.for_model(config, tokenizer).save_pretrained(saved)
+    return saved
