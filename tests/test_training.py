@@ -531,7 +531,10 @@ def test_a_gradient_non_finite_on_one_rank_only_skips_the_step_on_every_rank(syn
         assert torch.equal(weight, rank1["state"][name]), f"{name}: the ranks' replicas diverged"
 
 
-def test_the_cli_tests_a_model_on_the_test_files_and_offers_no_predict_yet(synthetic, tmp_path):
+def test_the_cli_tests_a_model_and_predicts_images_as_f2lightning_predict_does(synthetic, tmp_path):
+    from f2lightning.data.skips import SkipReport
+    from f2lightning.inference.generation import GenerationSettings
+    from f2lightning.inference.predict import build_requests, collect_images, predict
     from f2lightning.training.cli import main
 
     args = [
@@ -545,8 +548,26 @@ def test_the_cli_tests_a_model_on_the_test_files_and_offers_no_predict_yet(synth
     metrics = cli.trainer.callback_metrics
     assert {"test/loss", "test/CAPTION/exact_match"} <= set(metrics)
     assert all(torch.isfinite(metrics[name]) for name in ("test/loss",))
-    with pytest.raises(SystemExit):
-        main(["predict", *args])
+
+    images = sorted((synthetic / "images").glob("*.png"))[:3]
+    predict_args = [f"--data.predict_files=[{images[0]}, {images[1]}, {images[2]}]",
+                    "--data.predict_tasks=[<OD>, caption]", "--data.val_batch_size=2", "--model.num_beams=2"]  # fmt: skip
+    cli = main(["predict", *args, *predict_args])
+    lines = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    assert len(lines) == 6 and {line["task"] for line in lines} == {"<OD>", "<CAPTION>"}
+    # The Lightning loop answers exactly as the command does with the same model and settings.
+    requests = build_requests(collect_images(images, SkipReport()), ["<OD>", "<CAPTION>"])
+    settings = GenerationSettings(batch_size=2, num_beams=2, max_new_tokens=8, num_workers=0, progress=False)
+    predict(cli.model.model, cli.model.processor, requests, tmp_path / "command.jsonl", settings)
+    command = {
+        json.loads(line)["key"]: json.loads(line)
+        for line in (tmp_path / "command.jsonl").read_text().splitlines()
+    }
+    for line in lines:  # the result follows from the text; scores agree to float32 rounding of other batches
+        assert line["text"] == command[line["key"]]["text"]
+        assert line["score"] == pytest.approx(command[line["key"]]["score"], rel=1e-5)
+    report = json.loads((tmp_path / "predictions_report.json").read_text())
+    assert report["written"] == 6 and report["skipped_images"]["total"] == 0
 
 
 TINY_RUN = [

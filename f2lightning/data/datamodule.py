@@ -19,7 +19,7 @@ from typing import Any, Literal
 import lightning as L
 import torch
 from lightning.fabric.utilities.warnings import PossibleUserWarning
-from torch.utils.data import DataLoader
+from torch.utils.data import ConcatDataset, DataLoader, Subset
 
 from f2lightning.checks import is_count, is_path, is_positive, raise_problems
 from f2lightning.data.dataset import Collator, MultitaskDataset, SizeMismatch
@@ -66,6 +66,9 @@ class Florence2DataModule(L.LightningDataModule):
         tasks_per_image: int = 1,
         max_images: int | None = None,
         streaming_dir: str | None = None,
+        predict_files: list[str] | None = None,
+        predict_tasks: list[str] | None = None,
+        predict_text: str | None = None,
     ) -> None:
         """
         Args:
@@ -100,6 +103,10 @@ class Florence2DataModule(L.LightningDataModule):
                 an object-store URL when `tasks` / `task_weights` name the tasks) instead of `train_files`;
                 with `tasks_per_image` > 1, from the shards `f2lightning shard --by-image` wrote there.
                 `epoch_length`, `bucket_batches` and `max_images` do not apply (see `f2lightning.data.streaming`).
+            predict_files / predict_tasks / predict_text: what `predict` answers: image files, folders, glob
+                patterns or record JSONL files, each put to every task of `predict_tasks` (tokens or names;
+                default `<OD>`), with `predict_text` as the input of the tasks that take one (as `f2lightning
+                predict` does; docs/inference.md).
         """
         super().__init__()
         self.save_hyperparameters()
@@ -120,6 +127,7 @@ class Florence2DataModule(L.LightningDataModule):
         self.train_dataset: MultitaskDataset | None = None
         self.val_dataset: MultitaskDataset | None = None
         self.test_dataset: MultitaskDataset | None = None
+        self.predict_requests: list | None = None
         self._resume: dict | None = None
         self._train_batches: ResumableBatchSampler | None = None
 
@@ -169,6 +177,12 @@ class Florence2DataModule(L.LightningDataModule):
             log.info(
                 "test samples per task: %s (%s)", self.test_dataset.task_sizes, ", ".join(self.test_files)
             )
+        if stage == "predict" and self.predict_requests is None:
+            from f2lightning.inference.predict import build_requests, collect_images
+
+            images = collect_images(self.hparams.predict_files or [], self.skip_report)
+            tasks = self.hparams.predict_tasks or ["<OD>"]
+            self.predict_requests = build_requests(images, tasks, self.hparams.predict_text)
         if self.skip_report.total:
             log.warning("records: %s", self.skip_report)
             if self.trainer is not None and self.trainer.log_dir:
@@ -245,6 +259,30 @@ class Florence2DataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader | list:
         return self._evaluation_loader(self.test_dataset)
+
+    def predict_dataloader(self) -> DataLoader:
+        """Single-task batches of the predict requests, grouped as `f2lightning predict` groups them; each rank
+        answers every `world_size`-th batch. Undecodable images leave their batch and are counted by the writer."""
+        from f2lightning.inference.generation import PromptBatches
+
+        by_task: dict[str, list] = {}
+        for request in self.predict_requests:
+            by_task.setdefault(request.task, []).append(request)
+        size = self.hparams.val_batch_size or self.hparams.batch_size
+        batches = ConcatDataset(
+            [
+                PromptBatches(task, requests, self.processor, size, skip_bad_images=True)
+                for task, requests in by_task.items()
+            ]
+        )
+        rank, world_size = self._rank()
+        workers = self.hparams.num_workers
+        return DataLoader(
+            Subset(batches, range(rank, len(batches), world_size)),
+            batch_size=None,
+            num_workers=workers,
+            pin_memory=torch.cuda.is_available(),
+        )
 
     def _evaluation_loader(self, dataset: MultitaskDataset | None) -> DataLoader | list:
         if dataset is None:
@@ -351,6 +389,13 @@ def data_problems(hp: Mapping[str, Any], files: bool = True) -> list[str]:
     for key in ("batch_size", "max_prompt_length", "max_target_length"):
         if not is_count(hp.get(key, 1)):
             problems.append(f"data.{key} must be >= 1, got {hp.get(key)}")
+    try:
+        needing_input = [t for t in task_tokens(hp.get("predict_tasks") or []) if TASKS[t].takes_input]
+    except UnknownTaskError as error:
+        problems.append(f"data.predict_tasks: {error}")
+    else:
+        if needing_input and not hp.get("predict_text"):
+            problems.append(f"data.predict_tasks {needing_input} take a text input: set data.predict_text")
     if hp.get("on_bad_sample", "skip") not in ("raise", "skip"):
         problems.append(f"data.on_bad_sample must be 'raise' or 'skip', got {hp.get('on_bad_sample')!r}")
     if files and not hp.get("synthetic_dir"):

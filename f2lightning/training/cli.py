@@ -11,15 +11,11 @@ from f2lightning.allocator import keep_freed_cpu_memory
 from f2lightning.data.datamodule import Florence2DataModule
 from f2lightning.training.checkpointing import resume_path, use_atomic_checkpoint_io
 from f2lightning.training.module import Florence2LitModule
+from f2lightning.training.prediction import PredictionWriter
 from f2lightning.training.validation import validate_fit
 
 
 class Florence2CLI(LightningCLI):
-    @staticmethod
-    def subcommands() -> dict[str, set[str]]:
-        # `predict` needs a prediction loop over images the module does not have yet: not offered until it does.
-        return {name: args for name, args in LightningCLI.subcommands().items() if name != "predict"}
-
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # One resolution for data and model: the model's position tables and the resize must agree.
         parser.link_arguments("data.image_size", "model.image_size")
@@ -43,6 +39,12 @@ class Florence2CLI(LightningCLI):
     def before_fit(self) -> None:
         config = self.config_init[self.subcommand]
         config.ckpt_path = self.prepare_fit(config.get("ckpt_path"), config.get("resume", "auto"))
+
+    def before_predict(self) -> None:
+        # Answers go to a JSONL file as batches finish, not into one list held in memory until the end.
+        if not any(isinstance(c, PredictionWriter) for c in self.trainer.callbacks):
+            self.trainer.callbacks.append(PredictionWriter())
+        self.config_init[self.subcommand].return_predictions = False
 
     def prepare_fit(self, ckpt_path: str | None, resume: str = "auto") -> str | None:
         """The checkpoint `fit` should start from (`resume_path`), after checking the run's settings and making

@@ -8,6 +8,7 @@ mode through `.train()`, and are left out of the optimizer.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Mapping
@@ -22,8 +23,18 @@ from transformers.models.bart.modeling_bart import shift_tokens_right
 
 from f2lightning.checks import is_count, is_path, is_positive, raise_problems
 from f2lightning.data.skips import SkipReport
+from f2lightning.inference.generation import generate_batch, generation_kwargs
+from f2lightning.inference.predict import prediction_line
+from f2lightning.inference.results import scored_result
 from f2lightning.model import Florence2, Florence2Config
-from f2lightning.model.checkpoints import init_language_model, init_vision_tower, read_tokenizer
+from f2lightning.model import lora as lora_adapters
+from f2lightning.model.checkpoints import (
+    CheckpointError,
+    extend_positions,
+    init_language_model,
+    init_vision_tower,
+    read_tokenizer,
+)
 from f2lightning.processor import Florence2Processor
 from f2lightning.tasks import get_task
 from f2lightning.training.optim import build_optimizer, hold, warmup_cosine
@@ -42,6 +53,15 @@ class NonFiniteLossError(RuntimeError):
 
 def model_config(hp: Mapping[str, Any]) -> Florence2Config | None:
     """The architecture the module will build, when it can be known without loading weights."""
+    config = _initial_config(hp)
+    extend = hp.get("extend_positions")
+    if config is not None and is_count(extend) and extend > config.text.max_position_embeddings:
+        config = config.replace(text={"max_position_embeddings": extend})
+    return config
+
+
+def _initial_config(hp: Mapping[str, Any]) -> Florence2Config | None:
+    """The architecture of the weights the module starts from, before `extend_positions`."""
     pretrained = hp.get("pretrained")
     try:
         if pretrained:
@@ -82,7 +102,47 @@ def model_problems(hp: Mapping[str, Any], files: bool = True) -> list[str]:
         problems.append(f"model.hold_encoders_steps must be a whole number >= 0, got {hold_steps!r}")
     if not is_count(hp.get("max_nonfinite_steps", 1)):
         problems.append(f"model.max_nonfinite_steps must be >= 1, got {hp.get('max_nonfinite_steps')}")
-    config = model_config(hp)
+    if hp.get("lora") is not None:
+        problems += lora_adapters.lora_problems(hp["lora"])
+        if not pretrained:
+            problems.append(
+                "model.lora needs model.pretrained: a LoRA run's checkpoints hold only the adapter, and resuming "
+                "or exporting reads the frozen base again from there"
+            )
+        frozen = [
+            name for name in ("freeze_vision", "freeze_vision_stages", "freeze_language") if hp.get(name)
+        ]
+        if frozen:
+            problems.append(
+                f"model.lora freezes the whole base: drop model.{', model.'.join(frozen)} and choose the adapted "
+                "layers with model.lora.preset / target_modules"
+            )
+    extend = hp.get("extend_positions")
+    if extend is not None:
+        if not is_count(extend):
+            problems.append(f"model.extend_positions must be a whole number >= 1, got {extend!r}")
+        if not (pretrained or hp.get("language_init")):
+            # Copies of a random table would make the new positions start indistinguishable from the old ones.
+            problems.append(
+                "model.extend_positions copies trained positions and needs model.pretrained or "
+                "model.language_init; from scratch, size the table with model.config_overrides "
+                "{text: {max_position_embeddings: N}}"
+            )
+        # (Both at once is refused by the LoRA rule above.)
+        frozen = (
+            "lora" if hp.get("lora") is not None else "freeze_language" if hp.get("freeze_language") else None
+        )
+        if frozen:
+            problems.append(
+                f"model.extend_positions with model.{frozen}: the new positions would stay untrained copies of the "
+                "old ones; train the language model's weights"
+            )
+    config = _initial_config(hp)
+    if config is not None and is_count(extend) and extend < config.text.max_position_embeddings:
+        problems.append(
+            f"model.extend_positions={extend} is below the {config.text.max_position_embeddings} positions the "
+            "model already has; drop the option"
+        )
     stages = hp.get("freeze_vision_stages", 0)
     if config is not None and not (
         stages == 0 or (is_count(stages) and stages <= len(config.vision.embed_dims))
@@ -118,6 +178,8 @@ class Florence2LitModule(L.LightningModule):
         activation_checkpointing: bool = False,
         compile: bool = False,
         max_nonfinite_steps: int = 10,
+        lora: dict[str, Any] | None = None,
+        extend_positions: int | None = None,
     ) -> None:
         """
         Args:
@@ -142,10 +204,23 @@ class Florence2LitModule(L.LightningModule):
             compile: `torch.compile` the teacher-forced loss (training and validation loss). Validation's generation
                 stays eager: step-by-step decoding with a growing cache would recompile at every length.
             max_nonfinite_steps: stop with an error after this many consecutive skipped non-finite steps.
+            lora: fine-tune LoRA adapters (peft) on the frozen `pretrained` model, e.g. `{"preset": "language",
+                "rank": 8}`; the options are `f2lightning.model.lora.LoraSettings`'s (docs/training.md "LoRA").
+                Only the adapters train and are checkpointed; `export` merges them into a plain model,
+                `export_adapter` writes them as a peft adapter.
+            extend_positions: grow the learned text positions (BART's `max_position_embeddings`: the decoder's table
+                and, sharing the setting, the encoder's) to this many once `pretrained` / `language_init` is loaded,
+                for `data.max_target_length` beyond the released 1024. Trained rows are kept bit-identical, new
+                positions start as copies of them (docs/training.md "Targets longer than 1024 tokens").
         """
         super().__init__()
         self.save_hyperparameters()
         raise_problems(model_problems(self.hparams, files=False), "model configuration")
+        self.lora_settings = lora_adapters.LoraSettings.from_dict(lora) if lora is not None else None
+        if self.lora_settings is not None:
+            # Checkpoints hold no base weights, so Lightning must not ask for them; `on_load_checkpoint` loads
+            # the adapter itself and fails on any adapter key missing or unexpected.
+            self.strict_loading = False
         self.model: Florence2 | None = None
         self.processor: Florence2Processor | None = None
         # Per evaluation stage ("val", "test"): quality metrics over that stage's tasks.
@@ -175,6 +250,28 @@ class Florence2LitModule(L.LightningModule):
 
     def _build(self, tokenizer, config: Florence2Config | None = None) -> None:
         hp = self.hparams
+        model, tokenizer = self._base_model(tokenizer, config)
+        model.freeze(
+            vision=hp.freeze_vision, vision_stages=hp.freeze_vision_stages, language=hp.freeze_language
+        )
+        if self.lora_settings is not None:
+            lora_adapters.apply(model, self.lora_settings)
+            trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            total = sum(p.numel() for p in model.parameters())
+            layers = len(lora_adapters.adapter_modules(model))
+            log.info("LoRA on %d layers: %d of %d parameters train", layers, trainable, total)
+        if hp.activation_checkpointing:
+            model.vision_tower.set_grad_checkpointing(True)
+            model.language_model.activation_checkpointing_enable()
+        self.model = model
+        self.processor = Florence2Processor.for_model(model.config, tokenizer)
+        if hp.compile:
+            # A compiled function, not a compiled module: the state-dict keys stay those of the eager model.
+            self._compiled_token_loss = torch.compile(self._token_loss)
+
+    def _base_model(self, tokenizer, config: Florence2Config | None = None) -> tuple[Florence2, Any]:
+        """The model before freezing and adapters (from `pretrained`, or `config` / the preset), and its tokenizer."""
+        hp = self.hparams
         if config is None and hp.pretrained:
             model = Florence2.from_pretrained(hp.pretrained)
             tokenizer = tokenizer or read_tokenizer(Path(hp.pretrained))
@@ -199,21 +296,21 @@ class Florence2LitModule(L.LightningModule):
             init_vision_tower(model, hp.vision_init)
         if hp.language_init:
             init_language_model(model, hp.language_init)
+        if hp.extend_positions:
+            # A resumed run's config already has the grown size: then this leaves the model as it is.
+            extend_positions(model, hp.extend_positions)
         if len(tokenizer) > model.config.text.vocab_size:
+            if self.lora_settings is not None:
+                # New embedding rows would be random, frozen and left out of the adapter-only checkpoints.
+                raise ValueError(
+                    f"the tokenizer has {len(tokenizer)} tokens, more than {hp.pretrained}'s vocabulary of "
+                    f"{model.config.text.vocab_size}: with model.lora the base stays frozen and cannot grow; use "
+                    "the tokenizer saved with the base"
+                )
             model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)
         if hp.image_size:
             model.config.image_size = hp.image_size
-        model.freeze(
-            vision=hp.freeze_vision, vision_stages=hp.freeze_vision_stages, language=hp.freeze_language
-        )
-        if hp.activation_checkpointing:
-            model.vision_tower.set_grad_checkpointing(True)
-            model.language_model.activation_checkpointing_enable()
-        self.model = model
-        self.processor = Florence2Processor.for_model(model.config, tokenizer)
-        if hp.compile:
-            # A compiled function, not a compiled module: the state-dict keys stay those of the eager model.
-            self._compiled_token_loss = torch.compile(self._token_loss)
+        return model, tokenizer
 
     def setup(self, stage: str) -> None:
         # Read on every rank: `trainer.log_dir` is a collective call under DDP, so rank 0 alone must not ask later.
@@ -342,6 +439,36 @@ class Florence2LitModule(L.LightningModule):
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._evaluation_step("test", batch)
 
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        if self._trainer is not None and self.trainer.predicting:
+            # A predict batch carries its requests (frozen dataclasses, which Lightning's generic transfer refuses
+            # to rebuild); only its top-level tensors move.
+            return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        """Answer one batch of the datamodule's predict requests as `f2lightning predict` does: JSON lines with
+        the scored result and its record (`training.prediction.PredictionWriter` writes them), plus the images
+        that could not be decoded and what the records could not hold, for the writer to count."""
+        dropped = SkipReport()
+        lines = []
+        if batch["indices"]:
+            task = batch["task"]
+            kwargs = generation_kwargs(
+                self.processor,
+                task,
+                self.hparams.num_beams,
+                self.hparams.val_max_new_tokens,
+                with_logprobs=True,
+            )
+            source = Path(self.trainer.ckpt_path).stem if self.trainer.ckpt_path else "florence2"
+            for request, generation in zip(
+                batch["samples"], generate_batch(self.model, self.processor, batch, kwargs), strict=True
+            ):
+                scored = scored_result(task, generation, request.image_size, self.processor)
+                lines.append(prediction_line(request, generation.text, scored, source, dropped))
+        return {"lines": lines, "skipped": batch["skipped"], "dropped": dropped}
+
     def on_validation_epoch_start(self) -> None:
         self._drawn_tasks = set()
 
@@ -361,19 +488,12 @@ class Florence2LitModule(L.LightningModule):
             return
         self.log(f"{stage}/loss", self(batch)[0], sync_dist=True, batch_size=batch["size"])
         task = batch["task"][0]
-        kwargs = self.processor.generation_kwargs(task, self.hparams.num_beams)
-        if self.hparams.val_max_new_tokens:
-            kwargs["max_new_tokens"] = min(kwargs["max_new_tokens"], self.hparams.val_max_new_tokens)
-        generated = self.model.generate(
-            batch["pixel_values"],
-            batch["input_ids"],
-            batch["attention_mask"],
-            batch.get("image_index"),
-            **kwargs,
+        kwargs = generation_kwargs(
+            self.processor, task, self.hparams.num_beams, self.hparams.val_max_new_tokens
         )
-        sizes = batch["image_size"]
-        preds = self.processor.post_process(generated, batch["task"], sizes)
-        spec = get_task(task)
+        spec, sizes = get_task(task), batch["image_size"]
+        generations = generate_batch(self.model, self.processor, batch, kwargs)
+        preds = [spec.parse(g.text, size) for g, size in zip(generations, sizes, strict=True)]
         targets = [spec.parse(target, size) for target, size in zip(batch["target"], sizes, strict=True)]
         self.quality[stage].update(task, preds, targets, sizes)
         if task not in self._drawn_tasks and self.global_rank == 0 and self.hparams.log_predictions:
@@ -466,19 +586,72 @@ class Florence2LitModule(L.LightningModule):
         }
         if checkpoint["f2lightning"]["tokenizer_dir"] is not None:
             checkpoint["f2lightning"]["tokenizer_dir"] = str(checkpoint["f2lightning"]["tokenizer_dir"])
+        if self.lora_settings is not None:
+            # The frozen base is read again from `pretrained` on resume, so the file keeps only the adapter (and
+            # the optimizer state, which is the adapter's alone).
+            checkpoint["state_dict"] = _without_model(checkpoint["state_dict"]) | {
+                f"model.{key}": value for key, value in lora_adapters.adapter_state_dict(self.model).items()
+            }
+            checkpoint["f2lightning"]["lora"] = {
+                "base": str(self.hparams.pretrained),
+                **self.lora_settings.to_dict(),
+            }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        info = checkpoint.get("f2lightning", {})
+        if "lora" in info and self.lora_settings is None:
+            raise CheckpointError(
+                f"this checkpoint holds only LoRA adapter weights on the base {info['lora']['base']}: set "
+                "model.pretrained to that base and model.lora as in the run that wrote it"
+            )
         if self.model is None:
-            info = checkpoint.get("f2lightning", {})
             from f2lightning.tokenizer import load_tokenizer
 
             tokenizer = self._tokenizer()
             if tokenizer is None and info.get("tokenizer_dir"):
                 tokenizer = load_tokenizer(info["tokenizer_dir"])
-            self._build(tokenizer, Florence2Config.from_dict(info["model_config"]))
+            # With LoRA the base must be `pretrained` itself: the checkpoint does not hold it.
+            config = (
+                None if self.lora_settings is not None else Florence2Config.from_dict(info["model_config"])
+            )
+            self._build(tokenizer, config)
+        if self.lora_settings is not None:
+            state = checkpoint["state_dict"]
+            adapter = {
+                key.removeprefix("model."): value for key, value in state.items() if key.startswith("model.")
+            }
+            lora_adapters.load_adapter_state_dict(self.model, adapter)
+            # What Lightning loads next is the rest; handing it the base to copy onto itself would also fail
+            # for a 4-bit base, whose saved quantization statistics bitsandbytes does not load back.
+            checkpoint["state_dict"] = _without_model(state)
 
     def export(self, path: str | Path) -> Path:
         """Write the trained model in the transformers-native layout (opens with plain `transformers`), with
-        its tokenizer files."""
-        self.processor.save_pretrained(self.model.save_pretrained(path))
+        its tokenizer files. With `lora`: the adapter merged into a fresh full-precision copy of the
+        `pretrained` base (not into the training copy, which may be 4-bit and keeps training)."""
+        model = self.model
+        if self.lora_settings is not None:
+            model, _ = self._base_model(self.processor.tokenizer)
+            lora_adapters.apply(model, dataclasses.replace(self.lora_settings, quantize_4bit=False))
+            lora_adapters.load_adapter_state_dict(model, lora_adapters.adapter_state_dict(self.model))
+            lora_adapters.merge(model)
+        self.processor.save_pretrained(model.save_pretrained(path))
         return Path(path)
+
+    def export_adapter(self, path: str | Path) -> Path:
+        """Write the LoRA adapter as a peft adapter directory, with the tokenizer files, for
+        `peft.PeftModel.from_pretrained(Florence2ForConditionalGeneration.from_pretrained(<base>), path)`, where
+        `<base>` is `pretrained` in the transformers-native layout (`Florence2.from_pretrained(pretrained)
+        .save_pretrained(...)` writes it from any layout)."""
+        if self.lora_settings is None:
+            raise ValueError("export_adapter needs a LoRA run (model.lora); export writes the whole model")
+        lora_adapters.save_peft_adapter(
+            self.model, path, base_model_name_or_path=str(self.hparams.pretrained)
+        )
+        self.processor.save_pretrained(path)
+        return Path(path)
+
+
+def _without_model(state: Mapping[str, Any]) -> dict[str, Any]:
+    """A Lightning `state_dict` without the model's entries (what else the module holds, e.g. metric states)."""
+    return {key: value for key, value in state.items() if not key.startswith("model.")}
