@@ -196,17 +196,22 @@ def vision_tower_state_dict(state: StateDict) -> StateDict:
     return {k.removeprefix(prefix): v for k, v in to_f2lightning(state).items() if k.startswith(prefix)}
 
 
+def transformers_key(key: str) -> str | None:
+    """The transformers-native name of one `Florence2.state_dict()` key, or of a key below one of its modules
+    (a LoRA adapter's `<module>.lora_A.weight`); None for what transformers does not store (tied embedding
+    copies, the tied LM head)."""
+    if key.startswith("vision_tower."):
+        return "model.vision_tower." + _rename(key.removeprefix("vision_tower."), _TIMM_TO_HF)
+    if key.startswith("projector."):
+        return "model.multi_modal_projector." + key.removeprefix("projector.")
+    if key.startswith("language_model.model.") and ".embed_tokens." not in key:
+        return "model.language_model." + key.removeprefix("language_model.model.")
+    return None
+
+
 def to_transformers(state: StateDict) -> StateDict:
     """`Florence2.state_dict()` → transformers-native keys (tied embedding copies dropped)."""
-    out: StateDict = {}
-    for key, value in state.items():
-        if key.startswith("vision_tower."):
-            out["model.vision_tower." + _rename(key.removeprefix("vision_tower."), _TIMM_TO_HF)] = value
-        elif key.startswith("projector."):
-            out["model.multi_modal_projector." + key.removeprefix("projector.")] = value
-        elif key.startswith("language_model.model.") and ".embed_tokens." not in key:
-            out["model.language_model." + key.removeprefix("language_model.model.")] = value
-    return out
+    return {new: value for key, value in state.items() if (new := transformers_key(key)) is not None}
 
 
 def transformers_config(config: Florence2Config) -> Any:
@@ -496,3 +501,46 @@ def _vocabulary_axis(source: torch.Tensor, tensor: torch.Tensor) -> int | None:
         return None
     axes = [i for i, (a, b) in enumerate(zip(source.shape, tensor.shape, strict=True)) if a != b]
     return axes[0] if len(axes) == 1 else None
+
+
+def extend_positions(model: nn.Module, positions: int) -> None:
+    """Grow a `Florence2`'s learned text positions to `positions` (targets longer than the trained table), in
+    place; `model.config` follows, so the model saves and reloads with the new size, in transformers too.
+
+    The encoder's table grows with the decoder's: BART has one `max_position_embeddings` for both, and so has
+    transformers' Florence-2, which must open the export. Existing rows stay bit-identical, so inputs that fit the
+    old table give the same outputs; new positions start as copies of the trained ones (`_tiled_positions`).
+    """
+    current = model.config.text.max_position_embeddings
+    if positions < current:
+        raise ValueError(
+            f"the model has {current} learned positions; extending them to {positions} would drop some"
+        )
+    if positions == current:
+        return
+    language = model.language_model
+    for stack in (language.model.encoder, language.model.decoder):
+        table = stack.embed_positions
+        grown = _tiled_positions(table.weight.detach(), positions, table.offset)
+        table.weight = nn.Parameter(grown, requires_grad=table.weight.requires_grad)
+        table.num_embeddings = grown.shape[0]
+    language.model.encoder.max_source_positions = positions
+    language.model.decoder.max_target_positions = positions
+    # `generate` caps its default length at BART's setting and warns past it.
+    language.config.max_position_embeddings = positions
+    model.config.text.max_position_embeddings = positions
+
+
+def _tiled_positions(table: torch.Tensor, positions: int, offset: int) -> torch.Tensor:
+    """`table` (`offset` rows no position reads, as in BART, then one row per position) grown to `positions`: its
+    rows kept, and new position `p` a copy of trained position `p mod n`, for `n` trained positions.
+
+    Longformer extended RoBERTa's 512 positions to 4096 this way. Copies start the new rows with the statistics
+    and local structure (how neighbouring positions differ) that the attention layers were trained on, so a
+    fine-tune only has to tell the copies apart; random rows would start from nothing. Interpolating the table to
+    the new length would move every trained position, and change the outputs on inputs that already fit.
+    """
+    trained = table[offset:]
+    new = positions - len(trained)
+    copies = trained.repeat(-(-new // len(trained)), 1)[:new]
+    return torch.cat([table, copies])

@@ -64,7 +64,11 @@ def position_problems(config: Florence2Config, data_hp: Mapping[str, Any]) -> li
             f"{positions - image_tokens} or the image size"
         )
     if target > positions:
-        problems.append(f"max_target_length {target} > the decoder's {positions} positions")
+        problems.append(
+            f"max_target_length {target} > the decoder's {positions} positions; set model.extend_positions={target} "
+            'to grow the pretrained table (docs/training.md, "Targets longer than 1024 tokens"), or lower '
+            "data.max_target_length (longer targets are then shortened and counted)"
+        )
     for key in ("image_mean", "image_std"):
         data_value, model_value = data_hp.get(key), getattr(config, key)
         if data_value is not None and tuple(data_value) != tuple(model_value):
