@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
@@ -34,7 +36,7 @@ from f2lightning.data.converters.icdar import convert_icdar2015
 from f2lightning.data.converters.refcoco import convert_refcoco
 from f2lightning.data.converters.vizwiz import convert_vizwiz
 from f2lightning.data.converters.vqa import convert_textcaps, convert_textvqa, convert_vqav2
-from f2lightning.data.expand import task_annotations
+from f2lightning.data.expand import expand, task_annotations
 from f2lightning.data.records import read_records
 from f2lightning.data.schema import Record, Region
 from f2lightning.data.skips import SkipReport
@@ -524,6 +526,8 @@ def test_registry() -> None:
         "vizwiz",
         "maestro",
         "yolo",
+        "roboflow-coco",
+        "hf-parquet",
     }
     with pytest.raises(KeyError, match="unknown format"):
         get_converter("pascal")
@@ -836,6 +840,8 @@ def convert_args(tmp_path, fmt: str) -> list[str]:
         "icdar2015": [str(folder), "--image-dir", "x"],
         "maestro": [str(folder)],
         "yolo": [bad],
+        "roboflow-coco": ["--root", str(folder)],
+        "hf-parquet": [bad, "--question-column", "question"],
     }[fmt]
 
 
@@ -1227,3 +1233,286 @@ def test_yolo_folders_become_pixel_boxes_and_polygons_with_counted_drops(tmp_pat
     (tmp_path / "data.yaml").write_text("train: images/train\n")
     with pytest.raises(ConversionError, match=r"data\.yaml: has no `names`"):
         convert_yolo(tmp_path / "data.yaml", report=SkipReport())
+
+
+# --------------------------------------------------------------------------- Roboflow COCO: negatives kept
+def test_coco_instances_keeps_unannotated_images_as_negatives_only_when_asked(tmp_path) -> None:
+    report = SkipReport()
+    positive, negative = convert_coco_instances(
+        coco_instances(tmp_path), "images", keep_negatives=True, report=report
+    )
+    assert (negative.id, negative.no_objects, negative.regions) == ("2", True, [])
+    assert not positive.no_objects and "image_without_regions" not in report.dropped
+    valid([positive, negative])
+    assert [r.id for r in convert_coco_instances(coco_instances(tmp_path), "images")] == [
+        "1"
+    ]  # COCO's default
+
+
+def roboflow_export(root: Path) -> Path:
+    """A Roboflow "COCO JSON" export as its zip unpacks: a folder per split holding the images and
+    `_annotations.coco.json`, category 0 the project's superclass that no annotation uses."""
+    categories = [
+        {"id": 0, "name": "cells", "supercategory": "none"},
+        {"id": 1, "name": "Platelets", "supercategory": "cells"},
+        {"id": 2, "name": "RBC", "supercategory": "cells"},
+    ]
+    splits = {
+        "train": (["a_jpg.rf.1f.jpg", "b_jpg.rf.2e.jpg"], [
+            {"id": 0, "image_id": 0, "category_id": 1, "bbox": [2, 3, 20, 10], "area": 200, "segmentation": [],
+             "iscrowd": 0},
+            {"id": 1, "image_id": 0, "category_id": 2, "bbox": [30, 20, 10, 10], "area": 100,
+             "segmentation": [], "iscrowd": 0},
+        ]),
+        "valid": (["c_jpg.rf.3d.jpg"], []),  # labelled "null" in Roboflow: checked, nothing there
+        # its only box has no area: the image had an object, so it is no negative
+        "test": (["d_jpg.rf.4c.jpg"], [
+            {"id": 0, "image_id": 0, "category_id": 2, "bbox": [5, 5, 0, 3], "area": 0, "segmentation": [],
+             "iscrowd": 0},
+        ]),
+    }  # fmt: skip
+    for split, (names, anns) in splits.items():
+        for name in names:
+            image(root / split / name)
+        dump(root / split / "_annotations.coco.json", {
+            "info": {"year": "2024", "version": "3", "description": "Exported from roboflow.com"},
+            "licenses": [{"id": 1, "url": "https://creativecommons.org/licenses/by/4.0/", "name": "CC BY 4.0"}],
+            "categories": categories,
+            "images": [{"id": i, "license": 1, "file_name": name, "height": 48, "width": 64,
+                        "date_captured": "2024-01-01T00:00:00+00:00"} for i, name in enumerate(names)],
+            "annotations": anns,
+        })  # fmt: skip
+    return root
+
+
+def test_roboflow_coco_reads_every_split_and_keeps_its_negatives(tmp_path) -> None:
+    from f2lightning.data.converters.coco import convert_roboflow_coco
+
+    root = roboflow_export(tmp_path / "export")
+    report = SkipReport()
+    records = convert_roboflow_coco(root, report=report)
+    valid(records)
+    assert [(r.source, Path(r.image).name, r.no_objects) for r in records] == [
+        ("roboflow-coco-train", "a_jpg.rf.1f.jpg", False),
+        ("roboflow-coco-train", "b_jpg.rf.2e.jpg", True),
+        ("roboflow-coco-valid", "c_jpg.rf.3d.jpg", True),
+    ]
+    assert [r.category for r in records[0].regions] == ["Platelets", "RBC"]  # the superclass labels nothing
+    assert report.dropped == {"box_without_area": 1, "image_without_regions": 1}
+    targets = {s.task: s.target for s in expand(records[2])}
+    assert targets == {"<OD>": "", "<REGION_PROPOSAL>": ""}
+    assert [r.source for r in convert_roboflow_coco(root, splits=["valid"])] == ["roboflow-coco-valid"]
+    with pytest.raises(ConversionError, match=r"export: has no missing/_annotations\.coco\.json"):
+        convert_roboflow_coco(root, splits=["missing"])
+
+
+def test_roboflow_coco_command_writes_negatives_that_read_back_with_their_flag(tmp_path, capsys) -> None:
+    root = roboflow_export(tmp_path / "export")
+    out = tmp_path / "out" / "train.jsonl"
+    assert main(["convert", "roboflow-coco", "--root", str(root), "-o", str(out)]) == 0
+    assert "3 record(s)" in capsys.readouterr().out
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [line.get("no_objects", False) for line in lines] == [False, True, True]
+    assert lines[2]["image"] == "../export/valid/c_jpg.rf.3d.jpg"
+    negatives = [r for r in read_records(out, check_images=True) if r.no_objects]
+    assert [a.annotation for r in negatives for a in task_annotations(r, ["<OD>"])] == [
+        {"bboxes": [], "labels": []}
+    ] * 2
+
+
+# --------------------------------------------------------------------------- Hugging Face parquet / arrow
+IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])  # what datasets.Image() stores
+
+
+def png(size=(64, 48), colour=(9, 9, 9)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def docvqa_parquet(path: Path) -> Path:
+    """DocVQA as the Hub serves it: a row per question, the page's image repeated in each."""
+    page, other = png(), png((32, 40), (200, 0, 0))
+    table = pa.table({
+        "questionId": [1, 2, 3, 4, 5],
+        "question": ["What is the total?", "What is the date?", "Who signed?", "What is it?", "Why?"],
+        "answers": [["12.50", "$12.50"], ["2024-03-01"], ["J. Doe"], [], ["no reason"]],
+        "image": [{"bytes": page, "path": "p1.png"}, {"bytes": page, "path": "p1.png"},
+                  {"bytes": other, "path": "p2.png"}, {"bytes": other, "path": "p2.png"},
+                  {"bytes": b"\x89PNG broken", "path": "p3.png"}],
+    }, schema=pa.schema([("questionId", pa.int64()), ("question", pa.string()),
+                         ("answers", pa.list_(pa.string())), ("image", IMAGE_TYPE)]))  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path)
+    return path
+
+
+def test_hf_parquet_questions_become_one_record_per_page_with_the_images_written_out(tmp_path) -> None:
+    from f2lightning.data.converters.hf_parquet import convert_hf_parquet
+
+    data = docvqa_parquet(tmp_path / "docvqa" / "validation-00000-of-00001.parquet")
+    report = SkipReport()
+    records = convert_hf_parquet(
+        [data], tmp_path / "out" / "images", question_column="question", report=report
+    )
+    valid(records)
+    page, other = records
+    assert [(q.question, q.answers) for q in page.vqa] == [
+        ("What is the total?", ["12.50", "$12.50"]),
+        ("What is the date?", ["2024-03-01"]),
+    ]
+    assert [q.question for q in other.vqa] == ["Who signed?"] and (other.width, other.height) == (32, 40)
+    assert sorted(p.name for p in (tmp_path / "out" / "images").iterdir()) == sorted(
+        [Path(page.image).name, Path(other.image).name]
+    )  # one file per distinct image, its bytes unchanged
+    assert Path(page.image).read_bytes() == png() and Path(page.image).suffix == ".png"
+    assert report.dropped == {
+        "question_without_answers": 1,
+        "row_without_annotations": 1,
+        "undecodable_image": 1,
+    }
+    (example,) = report.examples["undecodable_image"]
+    assert example.startswith(f"{data}: row 4: cannot decode image")
+    assert report.examples["question_without_answers"] == [f"{data}: row 3"]
+
+
+def test_hf_parquet_command_puts_the_images_beside_the_output(tmp_path, capsys) -> None:
+    data = docvqa_parquet(tmp_path / "docvqa" / "val.parquet")
+    out = tmp_path / "out" / "docvqa_val.jsonl"
+    status = main(
+        ["convert", "hf-parquet", str(tmp_path / "docvqa"), "--question-column", "question", "-o", str(out)]
+    )
+    assert status == 0 and "2 record(s)" in capsys.readouterr().out
+    records = read_records(out, check_images=True)
+    assert all(Path(r.image).parent == tmp_path / "out" / "images" for r in records)
+    assert json.loads(out.read_text().splitlines()[0])["image"].startswith("images/")
+    assert data.is_file()
+
+
+def detection_schema(objects: pa.DataType, names: list[str] | None) -> pa.Schema:
+    schema = pa.schema([("image", IMAGE_TYPE), ("objects", objects)])
+    if names is None:
+        return schema
+    # What datasets writes for
+    # Features({"image": Image(), "objects": Sequence({"bbox": ..., "category": ClassLabel(names=...)})})
+    features = {"image": {"_type": "Image"}, "objects": {"_type": "Sequence", "feature": {
+        "bbox": {"_type": "Sequence", "feature": {"dtype": "float32", "_type": "Value"}, "length": 4},
+        "category": {"names": names, "_type": "ClassLabel"},
+    }}}  # fmt: skip
+    return schema.with_metadata({"huggingface": json.dumps({"info": {"features": features}})})
+
+
+def test_hf_arrow_stream_objects_become_exhaustive_regions_and_empty_lists_negatives(tmp_path) -> None:
+    from f2lightning.data.converters.hf_parquet import convert_hf_parquet
+
+    # datasets' Sequence of {bbox, category} is stored as a struct of lists; categories are ClassLabel ids.
+    objects = pa.struct([("bbox", pa.list_(pa.list_(pa.float32(), 4))), ("category", pa.list_(pa.int64()))])
+    rows = {
+        "image": [{"bytes": png(), "path": None}, {"bytes": png(colour=(1, 2, 3)), "path": None},
+                  {"bytes": png(colour=(4, 5, 6)), "path": None}, {"bytes": None, "path": "gone.png"},
+                  {"bytes": png(), "path": None}],
+        "objects": [{"bbox": [[2, 3, 20, 10], [50, 40, 20, 20]], "category": [0, 1]},
+                    {"bbox": [], "category": []},
+                    {"bbox": [[1, 1, 5, 5], [1, 1, 0, 4]], "category": [7, 0]},
+                    {"bbox": [], "category": []},
+                    {"bbox": [[1, 1, 5, 5]], "category": [0]}],
+    }  # fmt: skip
+    path, plain = tmp_path / "cache-0123.arrow", tmp_path / "plain" / "data-00000-of-00001.arrow"
+    plain.parent.mkdir()
+    for file, names in ((path, ["person", "car"]), (plain, None)):
+        schema = detection_schema(objects, names)
+        with pa.OSFile(str(file), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:  # datasets' cache
+            writer.write_table(pa.table(rows, schema=schema))
+    report = SkipReport()
+    records = convert_hf_parquet(
+        path,
+        tmp_path / "images",
+        objects_column="objects",
+        bbox_format="xywh",
+        keep_negatives=True,
+        report=report,
+    )
+    valid(records)
+    first, negative = records  # the third image lost its two boxes: it has objects, so it is no negative
+    assert [(r.category, r.box) for r in first.regions] == [
+        ("person", [2, 3, 22, 13]), ("car", [50, 40, 64, 48]),  # clamped onto the 64x48 border
+    ]  # fmt: skip
+    assert first.exhaustive and negative.no_objects and negative.regions == []
+    assert report.dropped == {
+        "location_clamped": 1, "unknown_category": 1, "box_without_area": 1, "missing_image": 1,
+        "repeated_image_objects": 1, "row_without_annotations": 2,  # rows 2 and 4 are left with nothing
+    }  # fmt: skip
+    assert report.examples["missing_image"] == [f"{path}: row 3: {tmp_path / 'gone.png'} not found"]
+    assert report.examples["unknown_category"] == [f"{path}: row 2, object 0"]
+    without_names = convert_hf_parquet(
+        plain.parent, tmp_path / "images", objects_column="objects", bbox_format="xywh"
+    )
+    assert [r.category for r in without_names[0].regions] == ["0", "1"]  # no ClassLabel names in the file
+    assert not any(r.no_objects for r in without_names)  # empty lists are negatives only when asked
+
+
+def test_hf_parquet_lists_of_objects_captions_and_image_paths(tmp_path) -> None:
+    from f2lightning.data.converters.hf_parquet import convert_hf_parquet
+
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "local.png").write_bytes(png((20, 10)))
+    objects = pa.list_(pa.struct([("bbox", pa.list_(pa.float64())), ("category", pa.string())]))
+    table = pa.table({
+        # The second image (bytes null, a path relative to the file) is what datasets caches for a local folder.
+        "image": [{"bytes": png(), "path": None}, {"bytes": None, "path": "photos/local.png"}],
+        "caption": [["A dog.", " "], ["A tiny photo."]],
+        "objects": [[{"bbox": [2, 3, 22, 13], "category": "dog"}, {"bbox": [1, 2, 3], "category": "x"},
+                     {"bbox": [2, 2, 9, 9], "category": "a<b"}], None],
+    }, schema=pa.schema([("image", IMAGE_TYPE), ("caption", pa.list_(pa.string())),
+                         ("objects", objects)]))  # fmt: skip
+    path = tmp_path / "train.arrow"
+    with (
+        pa.OSFile(str(path), "wb") as sink,
+        pa.ipc.new_file(sink, table.schema) as writer,
+    ):  # Arrow's file format
+        writer.write_table(table)
+    report = SkipReport()
+    dog, local = convert_hf_parquet(
+        path, tmp_path / "images", caption_column="caption", objects_column="objects", report=report
+    )
+    assert dog.texts == {"brief": ["A dog."]} and [(r.category, r.box) for r in dog.regions] == [
+        ("dog", [2, 3, 22, 13])
+    ]
+    assert local.texts == {"brief": ["A tiny photo."]} and (local.width, local.height) == (20, 10)
+    assert not local.regions and not local.no_objects  # a null objects value says nothing
+    assert report.dropped == {"empty_caption": 1, "bad_bbox": 1, "bad_category": 1}
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"question_column": "query"}, "has no column 'query' (--question-column); its columns: questionId, "
+         "question, answers, image"),
+        ({"question_column": "question", "answers_column": "answer"},
+         "has no column 'answer' (--answers-column)"),
+        ({"question_column": "question", "image_column": "questionId"},
+         "column 'questionId' holds int64, not images"),
+        ({}, "name the columns that hold annotations (--question-column, --caption-column, --objects-column); "
+         "its columns: questionId"),
+    ],
+    ids=["question", "answers", "image-type", "no-annotations"],
+)  # fmt: skip
+def test_hf_parquet_columns_that_do_not_fit_are_errors_listing_the_files_columns(tmp_path, options, message):
+    from f2lightning.data.converters.hf_parquet import convert_hf_parquet
+
+    data = docvqa_parquet(tmp_path / "d.parquet")
+    with pytest.raises(ConversionError) as info:
+        convert_hf_parquet(data, tmp_path / "images", **options)
+    assert str(info.value).startswith(f"{data}: {message}")
+    assert not (tmp_path / "images").exists()
+
+
+def test_hf_files_that_are_not_parquet_or_arrow_are_errors_naming_them(tmp_path) -> None:
+    from f2lightning.data.converters.hf_parquet import convert_hf_parquet
+
+    (tmp_path / "x.arrow").write_bytes(b"not arrow")
+    with pytest.raises(ConversionError, match=r"x\.arrow: cannot be read as Arrow"):
+        convert_hf_parquet(tmp_path / "x.arrow", tmp_path / "images", caption_column="c")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConversionError, match=r"empty: holds no \.parquet or \.arrow file"):
+        convert_hf_parquet(tmp_path / "empty", tmp_path / "images", caption_column="c")

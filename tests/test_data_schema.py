@@ -12,6 +12,7 @@ from f2lightning.data.schema import (
     GRANULARITIES,
     BadRecordError,
     Grounding,
+    Instruction,
     OcrLine,
     Phrase,
     Record,
@@ -59,9 +60,11 @@ def records(draw) -> Record:
             polygons=[polygon() for _ in range(draw(st.integers(0, 2)))],
             referring=draw(st.lists(words, max_size=2)),
             **origin(),
+            **{f"polygons_{k}": v for k, v in origin().items()},
         )
         for _ in range(draw(st.integers(0, 3)))
     ]
+    exhaustive = draw(st.booleans())
     text = draw(words)
     phrases = [
         Phrase(span=(0, len(text)), boxes=[box()], polygons=[polygon()] if draw(st.booleans()) else [])
@@ -79,7 +82,7 @@ def records(draw) -> Record:
             if draw(st.booleans())
         },
         regions=regions,
-        exhaustive=draw(st.booleans()),
+        exhaustive=exhaustive,
         groundings=[
             Grounding(
                 text=text, phrases=phrases, granularity=draw(st.sampled_from(GRANULARITIES)), **origin()
@@ -90,6 +93,14 @@ def records(draw) -> Record:
             for _ in range(draw(st.integers(0, 2)))
         ],
         vqa=[VqaPair(question=draw(words), answers=draw(st.lists(words, min_size=1, max_size=3)))],
+        # only where it does not contradict the regions
+        no_objects=not regions and exhaustive and draw(st.booleans()),
+        instructions=[
+            Instruction(
+                prompt=draw(words), target=draw(words), task=draw(st.sampled_from(["instruction", "kv"]))
+            )
+            for _ in range(draw(st.integers(0, 2)))
+        ],
     )
 
 
@@ -243,6 +254,10 @@ TRICKY = [
     "<loc_5>",
     "x<loc_5>",
     "{input}",
+    "</s>",
+    "a<pad>b",
+    "<image>",
+    '{"total": "12.50"}',
 ]
 
 
@@ -266,3 +281,92 @@ def test_the_schema_accepts_exactly_the_labels_the_serializers_can_write(text: s
     assert validates(regions=[{"box": BOX, "category": text}]) == writes("<OD>", box)
     quad = {"quad_boxes": [[0] * 8], "labels": [text]}
     assert validates(ocr=[{"quad": [0] * 8, "text": text}]) == writes("<OCR_WITH_REGION>", quad)
+    instruction = validates(instructions=[{"prompt": "Read it.", "target": text}])
+    assert instruction == writes("<INSTRUCTION>", {"text": text})
+    assert validates(instructions=[{"prompt": text, "target": "x"}]) == instruction  # prompts: the same rule
+
+
+# ------------------------------------------------------------------------------------ verified negatives
+def test_no_objects_is_written_only_when_true_and_survives_the_round_trip() -> None:
+    negative = Record.from_json(minimal(no_objects=True), "neg.jsonl:1")
+    assert negative.no_objects and negative.to_json() == minimal(no_objects=True)
+    assert Record.from_json(json.loads(negative.to_json_line())) == negative
+    assert "no_objects" not in Record.from_json(minimal()).to_json()  # files without the flag read unchanged
+    assert not Record.from_json(minimal()).no_objects
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"regions": [{"box": BOX, "category": "dog"}]}, "no_objects is true (an image checked to hold no "
+         "object) but it has 1 region(s)"),
+        ({"exhaustive": False},
+         "no_objects is true (every object checked: there is none) but exhaustive is false"),
+    ],
+    ids=["with-regions", "not-exhaustive"],
+)  # fmt: skip
+def test_a_negative_that_contradicts_itself_is_rejected(fields: dict, message: str) -> None:
+    with pytest.raises(BadRecordError) as info:
+        Record.from_json(minimal(no_objects=True, **fields), "neg.jsonl:2")
+    assert info.value.reason == "no_objects_conflict" and str(info.value) == f"neg.jsonl:2: {message}"
+
+
+def test_no_objects_must_be_a_boolean() -> None:
+    with pytest.raises(BadRecordError, match="no_objects must be true or false, got 'yes'"):
+        Record.from_json(minimal(no_objects="yes"))
+
+
+# ------------------------------------------------------------------------------------------ instructions
+def test_instructions_round_trip_and_the_default_task_is_not_written() -> None:
+    line = minimal(instructions=[
+        {"prompt": "Extract the invoice fields as JSON", "target": '{"total": "12.50", "items": ["a", "a"]}',
+         "task": "json_extraction"},
+        {"prompt": "What is the date?", "target": "2024-03-01"},
+    ])  # fmt: skip
+    record = Record.from_json(line)
+    assert record.instructions == [
+        Instruction(
+            "Extract the invoice fields as JSON", '{"total": "12.50", "items": ["a", "a"]}', "json_extraction"
+        ),
+        Instruction("What is the date?", "2024-03-01", "instruction"),
+    ]  # fmt: skip
+    assert record.to_json() == line
+    assert Record.from_json(json.loads(record.to_json_line())) == record
+
+
+@pytest.mark.parametrize(
+    ("instruction", "reason", "message"),
+    [
+        ({"prompt": " ", "target": "x"}, "blank_text", "instructions[0].prompt ' ' is only whitespace"),
+        ({"prompt": "Read it."}, "bad_field", "instructions[0].target must be a non-empty string, got None"),
+        ({"prompt": "Read it.", "target": 12.5}, "bad_field",
+         "instructions[0].target must be a non-empty string"),
+        ({"prompt": "Read it.", "target": "done</s>"}, "unwritable_text",
+         "instructions[0].target 'done</s>' cannot be trained verbatim: it holds '</s>'"),
+        ({"prompt": "Where is it? <loc_3>", "target": "left"}, "unwritable_text",
+         "instructions[0].prompt 'Where is it? <loc_3>' cannot be trained verbatim: it holds '<loc_3>'"),
+        ({"prompt": "<image> Describe it.", "target": "a dog"}, "unwritable_text",
+         "instructions[0].prompt '<image> Describe it.' cannot be trained verbatim: it holds '<image>'"),
+        ({"prompt": "Read it.", "target": "x", "task": ""}, "bad_field",
+         "instructions[0].task must be a non-empty"),
+        ("Read it.", "bad_field", "instructions[0] must be an object, got str"),
+    ],
+    ids=["blank-prompt", "no-target", "number-target", "eos", "location", "image-token", "empty-task",
+         "string"],
+)  # fmt: skip
+def test_an_instruction_that_cannot_be_trained_verbatim_is_rejected(
+    instruction, reason: str, message: str
+) -> None:
+    with pytest.raises(BadRecordError) as info:
+        Record.from_json(minimal(instructions=[instruction]), "i.jsonl:3")
+    assert info.value.reason == reason and str(info.value).startswith(f"i.jsonl:3: {message}")
+
+
+def test_every_special_token_of_the_tokenizer_is_refused_in_free_text() -> None:
+    # A token the tokenizer turns into a control token would not come back as written.
+    from f2lightning.tasks.formats import free_text_problem
+    from f2lightning.tokenizer import IMAGE_TOKEN
+
+    for token in ("<s>", "</s>", "<pad>", IMAGE_TOKEN, "<loc_0>", "<loc_999>"):
+        assert free_text_problem(f"a {token} b") == f"holds {token!r}"
+    assert free_text_problem('{"a": "<b>"}') is None  # other angle brackets are text

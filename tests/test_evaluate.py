@@ -103,6 +103,9 @@ def data_root(tmp_path_factory) -> Path:
          "sentences": [sentence, {"raw": "A dog."}]}
         for i, split in enumerate(["test", "test", "train"])
     ]})  # fmt: skip
+    _image(root, "instructions/invoice.png")
+    (root / "instructions/val.jsonl").write_text(json.dumps({"image": "invoice.png", "width": 64, "height": 48,
+        "instructions": [{"prompt": "Total as JSON?", "target": '{"total": "12.50"}'}]}) + "\n")  # fmt: skip
     _image(root, "nocaps/validation/abc.jpg")
     _json(root, "nocaps/nocaps_val_4500_captions.json", {
         "images": [{"id": 0, "file_name": "abc.jpg", "width": 64, "height": 48}],

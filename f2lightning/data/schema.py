@@ -18,12 +18,17 @@ converter writes this shape, so the training data pipeline only ever reads one f
           "referring": ["the dog on the left"]  # optional: expressions that single it out
       }],
       "exhaustive": true,                 # regions list every object (see below)
+      "no_objects": true,                 # only for an image checked to hold no object (then no regions)
       "groundings": [{                    # text-phrase-region triplets
           "text": "A dog on a mat.", "granularity": "brief",
           "phrases": [{"span": [0, 5], "boxes": [[x0, y0, x1, y1]], "polygons": [[...]]}]
       }],
       "ocr": [{"quad": [x0, y0, x1, y1, x2, y2, x3, y3], "text": "EXIT"}],
-      "vqa": [{"question": "What is on the mat?", "answers": ["dog", "dog", "puppy"]}]
+      "vqa": [{"question": "What is on the mat?", "answers": ["dog", "dog", "puppy"]}],
+      "instructions": [{                  # free-form prompt / answer pairs (tasks outside the paper)
+          "prompt": "Extract the invoice fields as JSON", "target": "{\"total\": \"12.50\"}",
+          "task": "json_extraction"       # optional (default "instruction"): a name for per-task scores
+      }]
     }
 
 Annotations made by a model (the data engine, paper §4.2) say so: a region, grounding or OCR line carries
@@ -35,6 +40,18 @@ Empty / default fields are left out of the JSON. ``exhaustive`` is false for sou
 annotate only some objects (RefCOCO refers to a few objects per image); listing tasks (OD,
 dense region caption, region proposal, open-vocabulary detection) are not generated from
 such records because a missing box would be taught as "nothing here".
+
+``no_objects`` marks a verified negative: an image someone checked and found without any object (a Roboflow
+export's unannotated image). Without the flag an image without regions says nothing about its objects (COCO
+leaves images out of its annotations for many reasons), so it gives no listing sample; with it, object detection
+and region proposal train the empty answer. The flag with regions, or with ``exhaustive: false``, contradicts
+itself and is refused.
+
+``instructions`` are trained verbatim through the ``<INSTRUCTION>`` task: the prompt is the whole prompt, the
+target the whole answer (surrounding whitespace aside). Neither may hold text that generation or parsing would
+not give back (``f2lightning.tasks.formats.free_text_problem``): ``<s>``, ``</s>``, ``<pad>``, ``<image>`` or a
+location token. Locations are refused because a record keeps every coordinate in pixels of its image; a task
+that answers with locations needs an output format that writes them (``boxes``, ``polygons``, ...).
 """
 
 from __future__ import annotations
@@ -45,9 +62,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from f2lightning.tasks.formats import free_text_problem
 from f2lightning.tasks.text import label_problem, ocr_text_problem
 
 GRANULARITIES = ("brief", "detailed", "more_detailed")
+# The task name of an instruction that names none (`Instruction.task`).
+DEFAULT_INSTRUCTION_TASK = "instruction"
 # PNG's limit, the largest of the common image formats; it also keeps every coordinate a finite float.
 MAX_IMAGE_SIDE = 2**31 - 1
 
@@ -91,6 +111,9 @@ class Region:
     referring: list[str] = field(default_factory=list)
     source: str | None = None  # the specialist that wrote it (None: a human annotation)
     score: float | None = None  # its confidence in [0, 1]
+    # Polygons a specialist added to a region it did not write (the data engine segments human boxes too).
+    polygons_source: str | None = None
+    polygons_score: float | None = None
 
     @property
     def description(self) -> str | None:
@@ -140,6 +163,16 @@ class VqaPair:
 
 
 @dataclass
+class Instruction:
+    """A free-form prompt and the answer it is trained to give verbatim (JSON extraction, key-value pairs, a
+    chat question). `task` is a free name that `f2lightning evaluate` scores separately."""
+
+    prompt: str
+    target: str
+    task: str = DEFAULT_INSTRUCTION_TASK
+
+
+@dataclass
 class Record:
     """All annotations of one image. See the module docstring for the JSON layout."""
 
@@ -154,6 +187,9 @@ class Record:
     groundings: list[Grounding] = field(default_factory=list)
     ocr: list[OcrLine] = field(default_factory=list)
     vqa: list[VqaPair] = field(default_factory=list)
+    # Last, so that positional construction of the fields above keeps working.
+    no_objects: bool = False  # a verified negative: checked, holds no object (module docstring)
+    instructions: list[Instruction] = field(default_factory=list)
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -173,12 +209,16 @@ class Record:
             out["regions"] = [_region_json(r) for r in self.regions]
         if not self.exhaustive:
             out["exhaustive"] = False
+        if self.no_objects:
+            out["no_objects"] = True
         if self.groundings:
             out["groundings"] = [_grounding_json(g) for g in self.groundings]
         if self.ocr:
             out["ocr"] = [_with_origin({"quad": list(o.quad), "text": o.text}, o) for o in self.ocr]
         if self.vqa:
             out["vqa"] = [{"question": q.question, "answers": list(q.answers)} for q in self.vqa]
+        if self.instructions:
+            out["instructions"] = [_instruction_json(i) for i in self.instructions]
         return out
 
     def to_json_line(self) -> str:
@@ -193,8 +233,10 @@ class Record:
         step could choke on: missing / mistyped fields, boxes outside the image or with no area,
         NaN coordinates, polygons with fewer than 3 points, phrase spans outside their text,
         categories not in ``categories`` (when given), captions / questions / answers that are
-        only whitespace (``blank_text``), and labels the task language cannot write into a
-        target (``unwritable_text``: see :mod:`f2lightning.tasks.text`).
+        only whitespace (``blank_text``), labels the task language cannot write into a
+        target (``unwritable_text``: see :mod:`f2lightning.tasks.text`), instructions that would not
+        survive training verbatim (``unwritable_text``), and ``no_objects`` with regions or with
+        ``exhaustive: false`` (``no_objects_conflict``).
         """
         return _Validator(where, categories).record(data)
 
@@ -208,11 +250,18 @@ def _region_json(r: Region) -> dict[str, Any]:
         out["polygons"] = [list(p) for p in r.polygons]
     if r.referring:
         out["referring"] = list(r.referring)
-    return _with_origin(out, r)
+    return _with_origin(_with_origin(out, r), r, "polygons_")
 
 
-def _with_origin(out: dict[str, Any], annotation: Any) -> dict[str, Any]:
-    for key in ("source", "score"):
+def _instruction_json(i: Instruction) -> dict[str, Any]:
+    out = {"prompt": i.prompt, "target": i.target}
+    if i.task != DEFAULT_INSTRUCTION_TASK:
+        out["task"] = i.task
+    return out
+
+
+def _with_origin(out: dict[str, Any], annotation: Any, prefix: str = "") -> dict[str, Any]:
+    for key in (f"{prefix}source", f"{prefix}score"):
         if getattr(annotation, key) is not None:
             out[key] = getattr(annotation, key)
     return out
@@ -247,6 +296,19 @@ class _Validator:
         image = self.string(d.get("image"), "image")
         self.width = self.size(d.get("width"), "width")
         self.height = self.size(d.get("height"), "height")
+        regions = [self.region(r, i) for i, r in enumerate(self.array(d.get("regions", []), "regions"))]
+        exhaustive = self.boolean(d.get("exhaustive", True), "exhaustive")
+        no_objects = self.boolean(d.get("no_objects", False), "no_objects")
+        if no_objects and regions:
+            raise self.fail(
+                "no_objects_conflict",
+                f"no_objects is true (an image checked to hold no object) but it has {len(regions)} region(s)",
+            )
+        if no_objects and not exhaustive:
+            raise self.fail(
+                "no_objects_conflict",
+                "no_objects is true (every object checked: there is none) but exhaustive is false",
+            )
         return Record(
             image=image,
             width=self.width,
@@ -254,13 +316,18 @@ class _Validator:
             id=self.optional_string(d.get("id"), "id", allow_int=True),
             source=self.optional_string(d.get("source"), "source"),
             texts=self.texts(d.get("texts", {})),
-            regions=[self.region(r, i) for i, r in enumerate(self.array(d.get("regions", []), "regions"))],
-            exhaustive=self.boolean(d.get("exhaustive", True), "exhaustive"),
+            regions=regions,
+            exhaustive=exhaustive,
             groundings=[
                 self.grounding(g, i) for i, g in enumerate(self.array(d.get("groundings", []), "groundings"))
             ],
             ocr=[self.ocr_line(o, i) for i, o in enumerate(self.array(d.get("ocr", []), "ocr"))],
             vqa=[self.vqa_pair(q, i) for i, q in enumerate(self.array(d.get("vqa", []), "vqa"))],
+            no_objects=no_objects,
+            instructions=[
+                self.instruction(x, i)
+                for i, x in enumerate(self.array(d.get("instructions", []), "instructions"))
+            ],
         )
 
     # -- containers -------------------------------------------------------------------------
@@ -308,15 +375,16 @@ class _Validator:
     def optional_label(self, value: Any, name: str) -> str | None:
         return None if value is None else self.label(value, name)
 
-    def origin(self, d: dict, name: str) -> dict[str, Any]:
-        """`source` / `score` of a generated annotation: which specialist, how confident (in [0, 1])."""
-        score = d.get("score")
+    def origin(self, d: dict, name: str, prefix: str = "") -> dict[str, Any]:
+        """`source` / `score` of a generated annotation (`prefix`: of one part of it, e.g. `polygons_`): which
+        specialist, how confident (in [0, 1])."""
+        score = d.get(f"{prefix}score")
         if score is not None and (
             isinstance(score, bool) or not isinstance(score, int | float) or not 0 <= score <= 1
         ):
-            raise self.fail("bad_field", f"{name}.score must be a number in [0, 1], got {_short(score)}")
-        source = self.optional_string(d.get("source"), f"{name}.source")
-        return {"source": source, "score": None if score is None else float(score)}
+            raise self.fail("bad_field", f"{name}.{prefix}score must be a number in [0, 1], got {_short(score)}")
+        source = self.optional_string(d.get(f"{prefix}source"), f"{name}.{prefix}source")
+        return {f"{prefix}source": source, f"{prefix}score": None if score is None else float(score)}
 
     def text(self, value: Any, name: str) -> str:
         """A text: a plain string (human) or `{"text", "source", "score"}` (generated)."""
@@ -407,6 +475,7 @@ class _Validator:
             polygons=self.polygons(r["polygons"], f"{name}.polygons") if "polygons" in r else [],
             referring=self.strings(r.get("referring", []), f"{name}.referring", self.label),
             **self.origin(r, name),
+            **self.origin(r, name, "polygons_"),
         )
 
     def grounding(self, value: Any, i: int) -> Grounding:
@@ -458,6 +527,21 @@ class _Validator:
         if not answers:
             raise self.fail("bad_field", f"{name}.answers is empty")
         return VqaPair(question=self.free_text(q.get("question"), f"{name}.question"), answers=answers)
+
+    def instruction(self, value: Any, i: int) -> Instruction:
+        name = f"instructions[{i}]"
+        x = self.obj(value, name)
+        prompt, target = (self.verbatim(x.get(key), f"{name}.{key}") for key in ("prompt", "target"))
+        task = self.optional_string(x.get("task"), f"{name}.task")
+        return Instruction(prompt=prompt, target=target, task=task or DEFAULT_INSTRUCTION_TASK)
+
+    def verbatim(self, value: Any, name: str) -> str:
+        """An instruction's prompt or target, trained as written: text the model can give back as written."""
+        text = self.free_text(value, name)
+        why = free_text_problem(text)
+        if why:
+            raise self.fail("unwritable_text", f"{name} {_short(text)} cannot be trained verbatim: it {why}")
+        return text
 
 
 def _fmt(values: list[float]) -> str:

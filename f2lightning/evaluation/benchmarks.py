@@ -1,5 +1,6 @@
 """The paper's benchmarks (Tables 4, 5 and 6): how each turns its public files into samples, which task it asks,
-how its metric scores the answers, and the numbers the paper reports.
+how its metric scores the answers, and the numbers the paper reports. One more, `instructions`, scores the
+free-form instructions of your own records (not in the paper).
 
 A benchmark's *kind* holds the protocol shared by several benchmarks (captioning → CIDEr, referring expressions →
 Accuracy@0.5, ...); a `Benchmark` adds the name, the table columns and the paper's numbers.
@@ -15,12 +16,14 @@ from typing import Any
 
 from f2lightning.data.converters.base import image_path
 from f2lightning.data.expand import task_annotations
+from f2lightning.data.records import read_records
 from f2lightning.data.schema import Record
 from f2lightning.evaluation.caption import BLEU, CIDEr, resolve_caption_tokenizer
 from f2lightning.evaluation.detection import DetectionMAP
-from f2lightning.evaluation.samples import EvalSample
 from f2lightning.evaluation.grounding import PhraseGroundingRecall, RECAccuracy
+from f2lightning.evaluation.samples import EvalSample
 from f2lightning.evaluation.segmentation import ReferringSegmentationIoU
+from f2lightning.evaluation.text_similarity import TextSimilarity
 from f2lightning.evaluation.vqa import VQAAccuracy
 
 # Rows of the paper's tables that report Florence-2 (Table 4: zero-shot; Tables 5 and 6: generalist fine-tuned).
@@ -161,6 +164,25 @@ def vqa_score(
     return {"score": _percent(metric.compute()["accuracy"])}
 
 
+def instruction_score(
+    samples: Sequence[EvalSample], preds: Sequence[Any], options: Mapping[str, Any]
+) -> dict[str, float]:
+    """ANLS (headline), exact match and normalised edit distance (`TextSimilarity`), in percent; with several
+    instruction tasks in the records, each task's three numbers too (`<task>/anls`, ...)."""
+    by_task: dict[str, TextSimilarity] = {}
+    overall = TextSimilarity()
+    for sample, pred in zip(samples, preds, strict=True):
+        overall.update([pred], [sample.target["text"]])
+        by_task.setdefault(sample.target["task"], TextSimilarity()).update([pred], [sample.target["text"]])
+    stats = overall.compute()
+    result = {"score": _percent(stats["anls"]), "exact_match": _percent(stats["exact_match"]),
+              "ned": _percent(stats["ned"])}  # fmt: skip
+    if len(by_task) > 1:
+        for name, metric in sorted(by_task.items()):
+            result.update({f"{name}/{key}": _percent(value) for key, value in metric.compute().items()})
+    return result
+
+
 def _annotation_kind(task: str, score: Scorer) -> Kind:
     return Kind(task, score, samples=annotation_samples(task))
 
@@ -201,6 +223,21 @@ def coco_detection_samples(annotations: str | os.PathLike, image_dir: str | os.P
 
 
 DETECTION = Kind("<OD>", detection_score, load=coco_detection_samples, needs_box_scores=True)
+
+
+def instruction_samples(path: str | os.PathLike) -> list[EvalSample]:
+    """One sample per instruction of a record JSONL (what `f2lightning convert` writes; images relative to it);
+    the target keeps the instruction's task name for per-task scores. A bad line is an error naming it."""
+    return [
+        EvalSample(
+            record.image, record.image_size, x.prompt, {"text": x.target, "task": x.task}, _key(record, i)
+        )
+        for record in read_records(path)
+        for i, x in enumerate(record.instructions)
+    ]
+
+
+INSTRUCTIONS = Kind("<INSTRUCTION>", instruction_score, load=instruction_samples)
 
 
 # ----------------------------------------------------------------------------------------------- registry
@@ -245,6 +282,8 @@ BENCHMARKS: dict[str, Benchmark] = {
         Benchmark("vqav2", "VQAv2", "Acc", VQA, _paper(["test-dev"], gb=[79.7], gl=[81.7]), _VQA_NOTE),
         Benchmark("textvqa", "TextVQA", "Acc", VQA, _paper(["test-dev"], gb=[63.6], gl=[73.5]), _VQA_NOTE),
         Benchmark("vizwiz", "VizWiz VQA", "Acc", VQA, _paper(["test-dev"], gb=[63.6], gl=[72.6]), _VQA_NOTE),
+        Benchmark("instructions", "Instructions", "ANLS", INSTRUCTIONS,
+                  note="the free-form instructions of your records; not in the paper"),
     ]
 }  # fmt: skip
 

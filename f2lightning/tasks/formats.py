@@ -20,7 +20,10 @@ Serialization writes what the parser reads back, in Florence-2's conventions:
   `label<box 1><box 2>`, as Florence-2 writes phrase grounding;
 - quad boxes `text<loc>*8`, corners clockwise from the top-left;
 - polygons: an object's parts joined by `<sep>`; several objects each wrapped in `<poly>…</poly>`; a label, when
-  the format has one (open-vocabulary detection), precedes the `<poly>` groups of its consecutive objects.
+  the format has one (open-vocabulary detection), precedes the `<poly>` groups of its consecutive objects;
+- free text (`<INSTRUCTION>`): the answer itself, which parses back to itself; text that would not (see
+  `free_text_problem`) is refused. It is `text` without a region, kept apart so that validation scores it by
+  edit distance (a long JSON answer is rarely exactly right, yet far from useless).
 """
 
 from __future__ import annotations
@@ -36,6 +39,12 @@ from f2lightning.tasks.text import label_problem, ocr_text_problem
 ImageSize = Sequence[float]
 
 _GENERATION_MARKERS = ("<s>", "</s>", "<pad>")
+# What free text cannot hold. The markers are stripped from every answer (and `</s>` ends generation); `<image>`
+# is the image's place in a transformers Florence-2 prompt; a location token is a coordinate, which records keep
+# in pixels of their image (a task that answers with locations writes them through a format that has them).
+_FREE_TEXT_FORBIDDEN = re.compile(
+    "|".join([*map(re.escape, (*_GENERATION_MARKERS, "<image>")), LOCATION_PATTERN.pattern])
+)
 # Tokens a label ends before: the lookahead of the reference's `^\s*(.*?)(?=<od>|...|<loc_)`; polygons add `<poly>`.
 _BOX_LABEL_ENDS = ("<od>", "</od>", "<box>", "</box>", "<bbox>", "</bbox>", "<loc_")
 _POLYGON_LABEL_ENDS = (*_BOX_LABEL_ENDS, "<poly>")
@@ -72,6 +81,23 @@ def serialize_text(annotation: Mapping[str, Any], image_size: ImageSize | None) 
     if annotation.get("region") is not None:
         text += format_locations(normalise_box(annotation["region"]), _require_size(image_size))
     return text
+
+
+def free_text_problem(text: str) -> str | None:
+    """Why `text` cannot be a free-text prompt or answer (e.g. `holds '</s>'`), or None when it can: the rule of
+    record validation (`Instruction`) and of `serialize_free_text`."""
+    if not text.strip():
+        return "is empty or only whitespace"
+    found = _FREE_TEXT_FORBIDDEN.search(text)
+    return f"holds {found.group()!r}" if found else None
+
+
+def serialize_free_text(annotation: Mapping[str, Any], image_size: ImageSize | None = None) -> str:
+    """`{'text': str}` as is (stripped, as it parses back); text that would not parse back is refused."""
+    problem = free_text_problem(annotation["text"])
+    if problem:
+        raise ValueError(f"free text {annotation['text'][:80]!r} cannot be written: it {problem}")
+    return annotation["text"].strip()
 
 
 def serialize_boxes(annotation: Mapping[str, Any], image_size: ImageSize) -> str:
@@ -353,6 +379,7 @@ SERIALIZERS: dict[str, Callable[[Mapping[str, Any], ImageSize], str]] = {
     "quad_boxes": serialize_quad_boxes,
     "polygons": serialize_polygons,
     "boxes_or_polygons": serialize_boxes_or_polygons,
+    "free_text": serialize_free_text,
 }
 PARSERS: dict[str, Callable[[str, ImageSize], str | dict[str, list]]] = {
     "text": parse_text,
@@ -362,4 +389,5 @@ PARSERS: dict[str, Callable[[str, ImageSize], str | dict[str, list]]] = {
     "quad_boxes": parse_quad_boxes,
     "polygons": parse_polygons,
     "boxes_or_polygons": parse_boxes_or_polygons,
+    "free_text": parse_text,
 }

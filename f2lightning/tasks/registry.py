@@ -200,6 +200,13 @@ def _captions(record: Record) -> list[TaskAnnotation]:
 
 
 def _regions(record: Record) -> list[TaskAnnotation]:
+    if record.no_objects:
+        # A verified negative answers the listing tasks its dataset's positives train (a detection dataset's: OD
+        # and proposals) with nothing; open-vocabulary detection has no category to ask about.
+        return [
+            TaskAnnotation("<OD>", _boxes([], [])),
+            TaskAnnotation("<REGION_PROPOSAL>", {"bboxes": []}),
+        ]
     out = []
     categorized = [r for r in record.regions if r.category]
     described = [r for r in record.regions if r.description]
@@ -278,6 +285,10 @@ def _vqa(record: Record) -> list[TaskAnnotation]:
     ]
 
 
+def _instructions(record: Record) -> list[TaskAnnotation]:
+    return [TaskAnnotation("<INSTRUCTION>", {"text": i.target}, i.prompt) for i in record.instructions]
+
+
 # ------------------------------------------------------------------------------------------- the tasks
 # Output budgets: a polygon or a page of OCR runs to hundreds of tokens; captions and answers stay short.
 # Registered grouped by producer, in the training data's task order of earlier releases (their dataset indices).
@@ -316,6 +327,10 @@ _BUILT_IN: list[tuple[Producer, list[Task]]] = [
     ]),
     # VQA has no released prompt: the question is the instruction.
     (_vqa, [Task("<VQA>", INPUT, 64, False)]),
+    # Not in the paper: the record's own prompt and answer (JSON, key-value pairs, chat), trained verbatim.
+    # Marked location-heavy for what that flag switches off, n-gram blocking: a JSON answer repeats `", "` and
+    # key patterns, and `no_repeat_ngram_size` would corrupt it.
+    (_instructions, [Task("<INSTRUCTION>", INPUT, 1024, True, "free_text")]),
 ]
 # fmt: on
 for _producer, _tasks in _BUILT_IN:

@@ -19,6 +19,7 @@ from torchmetrics import MeanMetric
 
 from f2lightning.data.expand import Sample
 from f2lightning.evaluation import BLEU, ReferringSegmentationIoU, box_iou
+from f2lightning.evaluation.text_similarity import TextSimilarity
 from f2lightning.geometry import bounding_box
 from f2lightning.tasks import get_task
 
@@ -32,11 +33,12 @@ class BoxRecall:
     use_labels: bool = True
 
 
-MASK_IOU, TEXT_MATCH = "mask", "text"
-# Output format (f2lightning.tasks.formats) -> how validation scores it: box recall, polygon mask IoU, or exact
-# match + BLEU-4 of the text.
+MASK_IOU, TEXT_MATCH, TEXT_SIMILARITY = "mask", "text", "text_similarity"
+# Output format (f2lightning.tasks.formats) -> how validation scores it: box recall, polygon mask IoU, exact
+# match + BLEU-4 of the text, or exact match + normalised edit distance + ANLS of free text.
 FORMAT_METRICS: dict[str, BoxRecall | str] = {
     "text": TEXT_MATCH,
+    "free_text": TEXT_SIMILARITY,
     "boxes": BoxRecall(),
     "phrase_grounding": BoxRecall(),
     "region_proposals": BoxRecall(use_labels=False),  # proposals have no labels
@@ -95,6 +97,8 @@ class TaskQuality(nn.Module):
                 self.metrics[_key(task, "box_recall@0.5")] = MeanMetric()
             elif scoring == MASK_IOU:
                 self.metrics[_key(task, "mask")] = ReferringSegmentationIoU()
+            elif scoring == TEXT_SIMILARITY:
+                self.metrics[_key(task, "similarity")] = TextSimilarity()
             else:
                 self.metrics[_key(task, "exact_match")] = MeanMetric()
                 self.metrics[_key(task, "bleu4")] = BLEU()
@@ -111,6 +115,8 @@ class TaskQuality(nn.Module):
                     recall.update(torch.tensor(matched / total), weight=total)
         elif scoring == MASK_IOU:
             self.metrics[_key(task, "mask")].update(preds, targets, image_sizes)
+        elif scoring == TEXT_SIMILARITY:
+            self.metrics[_key(task, "similarity")].update(list(preds), list(targets))
         else:
             matches = [float(p.strip() == t.strip()) for p, t in zip(preds, targets, strict=True)]
             self.metrics[_key(task, "exact_match")].update(torch.tensor(matches))

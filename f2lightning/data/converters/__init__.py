@@ -1,6 +1,16 @@
 """Converters from public dataset formats into the record schema, registered by format name."""
 
-from f2lightning.data.converters import coco, flickr30k, icdar, maestro, refcoco, vizwiz, vqa, yolo  # noqa: F401  (registers)
+from f2lightning.data.converters import (  # noqa: F401  (registers)
+    coco,
+    flickr30k,
+    hf_parquet,
+    icdar,
+    maestro,
+    refcoco,
+    vizwiz,
+    vqa,
+    yolo,
+)
 from f2lightning.data.converters.base import (
     CONVERTERS,
     ConversionError,

@@ -1,4 +1,4 @@
-"""COCO instances (boxes, polygons, RLE, iscrowd) and COCO captions, incl. Karpathy splits.
+"""COCO instances (boxes, polygons, RLE, iscrowd), Roboflow COCO exports, COCO captions, incl. Karpathy splits.
 
 What a malformed file gives: the keys that tie the file together (the ``images`` /
 ``annotations`` / ``categories`` lists, each image's ``id``, ``file_name``, ``width``, ``height``,
@@ -22,6 +22,7 @@ from pycocotools import mask as mask_utils
 
 from f2lightning.data.converters.base import (
     BadAnnotation,
+    ConversionError,
     Converter,
     JsonFile,
     SkipReport,
@@ -31,11 +32,15 @@ from f2lightning.data.converters.base import (
     is_number,
     read_image_size,
     register_converter,
+    require_folder,
 )
 from f2lightning.data.schema import Record, Region
 from f2lightning.geometry import clip_points, mask_to_polygons
 
 CrowdPolicy = Literal["skip", "keep"]
+# A Roboflow COCO export: one folder per split, holding the split's images and this file.
+ROBOFLOW_SPLITS = ("train", "valid", "test")
+ROBOFLOW_ANNOTATIONS = "_annotations.coco.json"
 
 
 class CocoImage(NamedTuple):
@@ -226,6 +231,7 @@ def convert_coco_instances(
     image_dir: str | os.PathLike,
     *,
     crowd: CrowdPolicy = "skip",
+    keep_negatives: bool = False,
     report: SkipReport,
 ) -> list[Record]:
     """One record per annotated image of a COCO ``instances_*.json``.
@@ -233,13 +239,66 @@ def convert_coco_instances(
     ``crowd='skip'`` leaves iscrowd regions out (they mark groups detectors are not scored on,
     and as OD targets they would teach one box for many objects); ``'keep'`` keeps them with
     polygons traced from their RLE mask.
+
+    An image without any annotation is dropped (``image_without_regions``): COCO's own files do
+    not say it was checked for objects. ``keep_negatives=True`` says the file's makers did check
+    (Roboflow exports, hand-labelled sets): such an image becomes a ``no_objects`` record, which
+    trains object detection to answer nothing. An image whose annotations were all dropped
+    (crowd, bad boxes) is never a negative: it has objects.
     """
+    return _instances(annotations, image_dir, crowd, keep_negatives, "coco-instances", report)
+
+
+@checked_records
+def convert_roboflow_coco(
+    root: str | os.PathLike,
+    *,
+    splits: list[str] | None = None,
+    report: SkipReport,
+) -> list[Record]:
+    """A Roboflow COCO export: ``train/``, ``valid/`` and ``test/`` under ``root``, each holding its images
+    and ``_annotations.coco.json``; records of every split there is (or of ``splits``), ``source`` naming
+    the split.
+
+    Roboflow exports the images labelled as having no object with no annotation, so they are kept as
+    negatives (``keep_negatives`` of :func:`convert_coco_instances`). Its category list starts with a
+    "superclass" (id 0, named after the project, e.g. "cells") that no annotation uses: it gives no region
+    and so no label. A split folder without the annotation file is left out; no split with one is a
+    :class:`ConversionError`.
+    """
+    require_folder(root, f"a Roboflow COCO export ({', '.join(ROBOFLOW_SPLITS)} with {ROBOFLOW_ANNOTATIONS})")
+    records: list[Record] = []
+    found = False
+    for split in splits or ROBOFLOW_SPLITS:
+        annotations = os.path.join(root, split, ROBOFLOW_ANNOTATIONS)
+        if os.path.isfile(annotations):
+            found = True
+            folder = os.path.join(root, split)
+            records += _instances(annotations, folder, "skip", True, f"roboflow-coco-{split}", report)
+    if not found:
+        names = "/".join(splits or ROBOFLOW_SPLITS)
+        raise ConversionError(root, f"has no {names}/{ROBOFLOW_ANNOTATIONS} (a Roboflow COCO export)")
+    return records
+
+
+def _instances(
+    annotations: str | os.PathLike,
+    image_dir: str | os.PathLike,
+    crowd: CrowdPolicy,
+    keep_negatives: bool,
+    source: str,
+    report: SkipReport,
+) -> list[Record]:
     coco = CocoFile.read(annotations, categories=True)
     by_image = coco.by_image(report)
     records = []
     for image_id, image in coco.images.items():
+        anns = by_image.get(image_id, [])
+        if not anns and keep_negatives:
+            records.append(image.record(image_dir, image_id, source, no_objects=True))
+            continue
         regions = []
-        for label, ann in by_image.get(image_id, []):
+        for label, ann in anns:
             try:
                 if is_crowd(ann) and crowd == "skip":
                     report.drop("crowd_region")
@@ -250,7 +309,7 @@ def convert_coco_instances(
         if not regions:
             report.drop("image_without_regions")
             continue
-        records.append(image.record(image_dir, image_id, "coco-instances", regions=regions))
+        records.append(image.record(image_dir, image_id, source, regions=regions))
     return records
 
 
@@ -340,6 +399,17 @@ def _instances_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("annotations", help="instances_*.json")
     _image_dir_argument(parser)
     parser.add_argument("--crowd", choices=["skip", "keep"], default="skip", help="iscrowd regions")
+    parser.add_argument(
+        "--keep-negatives",
+        dest="keep_negatives",
+        action="store_true",
+        help="images without annotations were checked and hold no object: keep them as negatives",
+    )
+
+
+def _roboflow_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--root", required=True, help="the export's folder, holding train/ valid/ test/")
+    parser.add_argument("--splits", nargs="+", default=None, help="e.g. train valid (default: all three)")
 
 
 def _captions_arguments(parser: argparse.ArgumentParser) -> None:
@@ -359,6 +429,15 @@ register_converter(
         "COCO instances json (boxes, polygons, RLE)",
         convert_coco_instances,
         _instances_arguments,
+    )
+)
+register_converter(
+    Converter(
+        "roboflow-coco",
+        "Roboflow COCO export (train/ valid/ test/ with _annotations.coco.json), negatives kept",
+        convert_roboflow_coco,
+        _roboflow_arguments,
+        splits=True,
     )
 )
 register_converter(
