@@ -16,6 +16,7 @@ from f2lightning.allocator import keep_freed_cpu_memory
 # stack: `export-backbone` writes a plain file that MMDetection / MMSegmentation read.
 COMMAND_MODULES = [
     "f2lightning.data.commands",
+    "f2lightning.engine.commands",
     "f2lightning.evaluation.commands",
     "f2lightning.inference.commands",
     "f2lightning.model.commands",

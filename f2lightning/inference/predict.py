@@ -37,7 +37,7 @@ from f2lightning.tasks import get_task
 IMAGE_EXTENSIONS = frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
 
 
-@dataclass(frozen=True)
+@dataclass  # not frozen: Lightning's batch transfer rebuilds the dataclasses a batch carries
 class Request:
     """One image put to one task: the file, the size its locations refer to, the task's text input / region."""
 

@@ -50,8 +50,10 @@ class _Context:
 
 def _caption(granularity: str) -> _Writer:
     def write(record: Record, result: str, score: float, context: _Context) -> None:
-        if result.strip():
-            record.texts.setdefault(granularity, []).append(SourcedText(result, context.source, score))
+        if not result.strip():  # the model stopped at once: nothing to keep, but say so
+            context.report.drop("empty_answer", example=context.where)
+            return
+        record.texts.setdefault(granularity, []).append(SourcedText(result, context.source, score))
 
     return write
 

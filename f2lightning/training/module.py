@@ -439,13 +439,6 @@ class Florence2LitModule(L.LightningModule):
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._evaluation_step("test", batch)
 
-    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
-        if self._trainer is not None and self.trainer.predicting:
-            # A predict batch carries its requests (frozen dataclasses, which Lightning's generic transfer refuses
-            # to rebuild); only its top-level tensors move.
-            return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        return super().transfer_batch_to_device(batch, device, dataloader_idx)
-
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         """Answer one batch of the datamodule's predict requests as `f2lightning predict` does: JSON lines with
         the scored result and its record (`training.prediction.PredictionWriter` writes them), plus the images
