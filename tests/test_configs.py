@@ -126,7 +126,7 @@ def load_config(*files: str) -> dict:
     return merged
 
 
-def test_the_readme_test_command_scores_the_demo_checkpoint_which_reloads_and_exports(
+def test_the_readme_test_and_predict_commands_run_on_the_demo_checkpoint_and_its_export(
     tiny_data, tmp_path, monkeypatch
 ):
     # `python train.py test -c configs/demo.yaml --ckpt_path=runs/demo/checkpoints/last.ckpt` after a demo run.
@@ -148,3 +148,19 @@ def test_the_readme_test_command_scores_the_demo_checkpoint_which_reloads_and_ex
         "height": 64,
         "width": 64,
     }
+    # README "Prediction": both predict commands, on three of the demo's images.
+    from f2lightning.cli import main as f2lightning
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for image in sorted((tiny_data / "synthetic" / "images").glob("*.png"))[:3]:
+        (images / image.name).write_bytes(image.read_bytes())
+    predicted = tmp_path / "runs/demo/predictions.jsonl"
+    assert f2lightning(["predict", str(images), "--checkpoint", str(tmp_path / "model"), "--task", "<OD>",
+                        "--task", "caption", "-o", str(predicted), "--pictures", str(tmp_path / "pictures"),
+                        "--max-new-tokens", "8", "--num-workers", "0", "--no-progress"]) == 0  # fmt: skip
+    assert len(predicted.read_text().splitlines()) == 6 and len(list((tmp_path / "pictures").iterdir())) == 6
+    cli = lightning_cli(["predict", *demo, f"--ckpt_path={checkpoint}", f"--data.predict_files=[{images}]",
+                         "--data.predict_tasks=[<OD>]", "--model.val_max_new_tokens=8"])  # fmt: skip
+    written = Path(cli.trainer.log_dir) / "predictions.jsonl"  # the run's log folder
+    assert [json.loads(line)["task"] for line in written.read_text().splitlines()] == ["<OD>"] * 3

@@ -138,6 +138,7 @@ def test_annotate_refuses_a_task_it_cannot_give_an_input() -> None:
         requests_for("<VQA>", [Record("a.png", 4, 4)])
 
 
+@pytest.mark.slow  # ~50 s: starting a Ray cluster and two actors on 2 cores
 def test_the_ray_backend_gives_the_local_backends_answers(checkpoint, human, tmp_path) -> None:
     ray = pytest.importorskip("ray")
     local = Florence2Specialist(str(checkpoint), ["<OD>", "<CAPTION>"], FAST, source="s", image_size=64)
@@ -180,6 +181,7 @@ def test_the_cli_annotates_images_and_records(checkpoint, human, tmp_path, capsy
     assert "cannot choose the input of" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # ~50 s: building and running Mask R-CNN twice on 2 cores
 @pytest.mark.downstream
 def test_an_mmdetection_detector_annotates_through_mmdets_own_inference(human, tmp_path) -> None:
     """A (tiny, randomly initialised) Mask R-CNN of our MMDetection configs as the region specialist: its regions

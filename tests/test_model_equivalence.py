@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -251,10 +252,14 @@ def test_corrupt_checkpoint_names_the_file(tmp_path):
 
 def test_an_export_runs_in_plain_transformers_with_its_processor(tmp_path):
     # AutoProcessor + Florence2ForConditionalGeneration + generate + post_process_generation on what we save
-    # reproduce our own processor, model and parser, token for token.
+    # reproduce our own processor, model and parser, token for token, and what `f2lightning predict` answers.
     from PIL import Image, ImageDraw
     from transformers import AutoProcessor
 
+    from f2lightning.data.skips import SkipReport
+    from f2lightning.inference.generation import GenerationSettings
+    from f2lightning.inference.loading import load_model
+    from f2lightning.inference.predict import build_requests, collect_images, predict
     from f2lightning.model import Florence2Config
     from f2lightning.processor import Florence2Processor
     from f2lightning.tokenizer import train_tokenizer
@@ -273,20 +278,36 @@ def test_an_export_runs_in_plain_transformers_with_its_processor(tmp_path):
 
     image = Image.new("RGB", (90, 70), "black")
     ImageDraw.Draw(image).ellipse([10, 10, 50, 50], fill="red")
+    image.save(tmp_path / "image.png")
+    requests = build_requests(collect_images([tmp_path / "image.png"], SkipReport()), ["<CAPTION>", "<OD>"])
+    settings = GenerationSettings(batch_size=1, num_beams=1, max_new_tokens=12, num_workers=0, progress=False)
+    predict(*load_model(tmp_path), requests, tmp_path / "predicted.jsonl", settings)
+    predicted = {
+        json.loads(line)["task"]: json.loads(line)
+        for line in (tmp_path / "predicted.jsonl").read_text().splitlines()
+    }
     theirs_processor = AutoProcessor.from_pretrained(tmp_path)
     theirs = Florence2ForConditionalGeneration.from_pretrained(tmp_path).eval()
     for task in ("<CAPTION>", "<OD>"):
         batch = processor([image], [task])
         inputs = theirs_processor(text=task, images=image, return_tensors="pt")
         torch.testing.assert_close(inputs["pixel_values"], batch["pixel_values"], atol=1e-2, rtol=0)
+        kwargs = {**processor.generation_kwargs(task, num_beams=1), "max_new_tokens": 12}  # what predict uses
         with torch.no_grad():
-            expected = theirs.generate(**inputs, max_new_tokens=12, num_beams=1, do_sample=False)
-            actual = ours.generate(batch["pixel_values"], batch["input_ids"], batch["attention_mask"],
-                                   max_new_tokens=12, num_beams=1, do_sample=False)  # fmt: skip
+            expected = theirs.generate(**inputs, **kwargs)
+            actual = ours.generate(
+                batch["pixel_values"], batch["input_ids"], batch["attention_mask"], **kwargs
+            )
         assert expected.tolist() == actual.tolist(), task
         text = theirs_processor.batch_decode(expected, skip_special_tokens=False)[0]
         parsed = theirs_processor.post_process_generation(text, task=task, image_size=image.size)[task]
         mine = processor.post_process(actual, [task], [image.size])[0]
+        answer = predicted[task]["result"][task]
+        assert (
+            predicted[task]["text"]
+            == theirs_processor.batch_decode(expected[:, 1:], skip_special_tokens=False)[0]
+        )
+        assert (answer if task == "<CAPTION>" else {k: answer[k] for k in mine}) == mine
         if task == "<CAPTION>":
             assert parsed == mine
         else:  # transformers truncates box corners to whole pixels; we keep the bin centres (tests/test_tasks.py)

@@ -186,7 +186,7 @@ def test_the_cli_predicts_a_folder_counts_bad_images_and_draws_pictures(
     (folder / "broken.png").write_bytes(b"not a png")
     out = tmp_path / "out.jsonl"
     args = ["predict", str(folder), "--task", "<OD>", "--task", "caption", "--checkpoint", str(checkpoint),
-            "--image-size", "64", "-o", str(out), "--max-new-tokens", "12", "--num-beams", "1", "--num-workers", "0",
+            "-o", str(out), "--max-new-tokens", "12", "--num-beams", "1", "--num-workers", "0",
             "--no-progress", "--pictures", str(tmp_path / "pictures")]  # fmt: skip
     assert main(args) == 0
     printed = capsys.readouterr().out

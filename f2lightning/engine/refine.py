@@ -24,7 +24,8 @@ The config (YAML)::
     train:
       config: configs/demo.yaml                # LightningCLI config of every round's training
       args: [--trainer.max_steps=1500]         # more LightningCLI arguments
-      continue: true                           # round k starts from round k-1's weights
+      continue: true                           # round k starts from round k-1's weights (no encoder hold)
+      continue_args: [--trainer.max_steps=500] # more arguments for those rounds (a shorter schedule, say)
     annotate:
       tasks: [<CAPTION>, <OD>]
       generation: {batch_size: 16, num_beams: 1, max_new_tokens: 256}   # GenerationSettings fields
@@ -150,7 +151,9 @@ def _run_round(config: RefineConfig, k: int) -> None:
             json.dumps({k: v.to_json() for k, v in reports.items()}, indent=2)
         )
         if config.train.get("continue", False):
-            start = [f"--model.pretrained={previous}"]
+            # Trained encoders already read the image: nothing to hold still while the decoder catches up.
+            start = [f"--model.pretrained={previous}", "--model.hold_encoders_steps=0",
+                     *map(str, config.train.get("continue_args") or [])]  # fmt: skip
     write_records(_relative(records, folder), folder / "records.jsonl")
     args = ["fit", "-c", str(config.train["config"]), *map(str, config.train.get("args") or []), *start,
             *ROUND_TRAINER_ARGS, f"--trainer.default_root_dir={folder / 'train'}",
