@@ -454,8 +454,15 @@ def test_detection_box_scores_follow_the_generated_likelihood(loaded, data_root,
         lambda task, num_beams=3: {**original(task, num_beams), "logits_processor": LogitsProcessorList([scripted])},
     )  # fmt: skip
     samples = [EvalSample(str(data_root / "coco/val2017/000001.jpg"), IMAGE, None, None, "1")]
+    # A scripted logits processor is a transformers `generate` argument: the batched path takes it, the continuous
+    # engine (whose scores equal it, tests/test_generation_engine.py) refuses what it does not implement.
     settings = GenerationSettings(
-        batch_size=1, num_beams=3, max_new_tokens=len(tokens) + 2, num_workers=0, progress=False
+        batch_size=1,
+        num_beams=3,
+        max_new_tokens=len(tokens) + 2,
+        num_workers=0,
+        progress=False,
+        engine="batched",
     )
     generations = generate(model, processor, "<OD>", samples, settings, with_logprobs=True)
     (pred,), fallbacks = predictions(BENCHMARKS["coco_detection"], generations, samples, processor)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from f2lightning.inference.commands import add_engine_argument
+
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -40,6 +42,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         "--compile", action="store_true", help="torch.compile the image encoder (pays off on long runs)"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_engine_argument(parser, default=None)  # None: the config's generation block, else continuous
     parser.add_argument(
         "-o",
         "--output",
@@ -60,6 +63,7 @@ def run_evaluate(args: argparse.Namespace) -> None:
             ("num_beams", args.num_beams),
             ("max_new_tokens", args.max_new_tokens),
             ("num_workers", args.num_workers),
+            ("engine", args.engine),
         ]
         if value is not None
     }

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Hashable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
@@ -20,6 +19,7 @@ from tqdm.auto import tqdm
 
 from f2lightning.data.skips import SkipReport
 from f2lightning.images import BadImageError, load_image
+from f2lightning.inference.common import ENGINES, Generation, GenerationSettings, decode_generated
 from f2lightning.model import Florence2
 from f2lightning.processor import Florence2Processor, share_images
 from f2lightning.tasks import get_task
@@ -38,29 +38,6 @@ class Prompted(Protocol):
     def text_input(self) -> str | None: ...
     @property
     def region(self) -> Sequence[float] | None: ...
-
-
-@dataclass(frozen=True)
-class Generation:
-    """The generated text and, when asked for, the log-probability of each generated token."""
-
-    text: str
-    token_ids: list[int]
-    token_logprobs: list[float] | None = None
-
-
-@dataclass(frozen=True)
-class GenerationSettings:
-    batch_size: int = 16
-    num_beams: int = 3
-    max_new_tokens: int | None = None  # cap on the task's own budget (None: the task's)
-    num_workers: int = 2
-    device: str = "cpu"
-    bf16: bool = False  # autocast to bfloat16 (CUDA)
-    compile_image_encoder: bool = (
-        False  # torch.compile DaViT + projector; the first batch of each shape compiles
-    )
-    progress: bool = True
 
 
 def length_aware_batches(
@@ -167,15 +144,20 @@ def generations(
     with_logprobs: bool = False,
     report: SkipReport | None = None,
 ) -> Iterator[list[tuple[int, Generation]]]:
-    """`(sample index, generation)` pairs of `task`, one list per batch as it finishes (batches follow
-    `length_aware_batches`, not the samples' order).
+    """`(sample index, generation)` pairs of `task`, not in the samples' order: with `settings.engine`
+    "continuous", one list per decoder step in which requests finished (requests enter in `length_aware_batches`
+    order and leave the running batch as they end, `f2lightning.inference.engine`); with "batched", one list per
+    batch as it finishes.
 
-    `with_logprobs` also returns each generated token's log-probability (from `generate(output_scores=True)` and
-    `compute_transition_scores`, following each sequence's beam with `beam_indices`); it keeps one
-    `(batch * beams, vocab)` float tensor per generated step, so ask for it only where it is needed (scores).
+    `with_logprobs` also returns each generated token's log-probability (`generate(output_scores=True)` and
+    `compute_transition_scores`, following each sequence's beam with `beam_indices`, or the engine's equal
+    values); the batched path keeps one `(batch * beams, vocab)` float tensor per generated step, so ask for it
+    only where it is needed (scores).
     With `report`, a sample whose image cannot be decoded is counted there by reason (`missing_image`,
     `undecodable_image`, ...) and left out; without one, the error stops the run.
     """
+    if settings.engine not in ENGINES:
+        raise ValueError(f"unknown generation engine {settings.engine!r}, expected one of {ENGINES}")
     kwargs = generation_kwargs(processor, task, settings.num_beams, settings.max_new_tokens, with_logprobs)
     loader = DataLoader(
         PromptBatches(task, samples, processor, settings.batch_size, skip_bad_images=report is not None),
@@ -186,6 +168,11 @@ def generations(
     model.eval()
     if settings.compile_image_encoder:
         model.compile_image_encoder()
+    if settings.engine == "continuous":
+        from f2lightning.inference.engine import continuous_generations  # it imports this module
+
+        yield from continuous_generations(model, processor, loader, kwargs, settings, report)
+        return
     device = torch.device(settings.device)
     for batch in loader:
         for _, reason, message in batch["skipped"]:
@@ -239,7 +226,7 @@ def generate_batch(
         )
         if not kwargs.get("return_dict_in_generate"):
             # Position 0 is the decoder start token, not generated.
-            return [Generation(_decode(processor, ids), ids.tolist()) for ids in output[:, 1:].cpu()]
+            return [Generation(decode_generated(processor, ids), ids.tolist()) for ids in output[:, 1:].cpu()]
         # Greedy scores are processed logits, beam-search scores processed log-probs: normalising both gives the
         # log-probability of each chosen token under the (processed) next-token distribution.
         logprobs = model.language_model.compute_transition_scores(
@@ -251,11 +238,6 @@ def generate_batch(
     # The transition scores cover the last `T` positions; the decoder start token before them has no score.
     tokens = output.sequences[:, -logprobs.shape[1] :]
     return [
-        Generation(_decode(processor, ids), ids.tolist(), sequence_logprobs.tolist())
+        Generation(decode_generated(processor, ids), ids.tolist(), sequence_logprobs.tolist())
         for ids, sequence_logprobs in zip(tokens.cpu(), logprobs.cpu())
     ]
-
-
-def _decode(processor: Florence2Processor, ids: torch.Tensor) -> str:
-    # Special tokens stay: the task parsers strip BOS / EOS / padding and need `<loc_*>` / `<poly>` intact.
-    return processor.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
