@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv at the repository root with f2lightning, its test tools and the MMDetection/MMSegmentation
-# stack (mmcv compiled with ops, cached). Safe to re-run: every step skips what is already in place.
+# stack (mmcv compiled with ops, cached), and Chromium for the browser test where apt-get can install it (as
+# root). Safe to re-run: every step skips what is already in place.
 #
 #   F2L_TORCH       torch requirement(s) to install first (default: the CPU-capable pair that lies on this
 #                   project's build machines; on a CUDA machine install your torch first and set F2L_TORCH="")
@@ -19,7 +20,7 @@ if [ -n "$torch_spec" ] && ! .venv/bin/python -c "import torch, torchvision" 2>/
     "${pip[@]}" install $torch_spec
 fi
 
-extras=dev,streaming,engine,lora,parquet
+extras=dev,streaming,engine,lora,parquet,serve,onnx
 [ "${F2L_DOWNSTREAM:-1}" = 1 ] && extras=$extras,downstream
 stamp=.venv/.installed-${extras//,/-}
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
@@ -30,5 +31,14 @@ fi
 
 if [ "${F2L_DOWNSTREAM:-1}" = 1 ]; then
     bash scripts/install_mmcv.sh .venv/bin/python
+fi
+
+# tests/test_playground.py drives the system Chromium (playwright's own browser download is not reachable from
+# the build machines); without one the test skips, so a failed install does not stop the setup.
+if ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing chromium (apt-get)"
+    # A fresh image may have no package lists yet: fetch them once when the first try finds nothing.
+    apt-get install -y -q chromium || { apt-get update -q && apt-get install -y -q chromium; } ||
+        echo "setup: chromium not installed; tests/test_playground.py will skip"
 fi
 echo "setup: done (.venv/bin/python)"

@@ -382,7 +382,9 @@ class _Validator:
         if score is not None and (
             isinstance(score, bool) or not isinstance(score, int | float) or not 0 <= score <= 1
         ):
-            raise self.fail("bad_field", f"{name}.{prefix}score must be a number in [0, 1], got {_short(score)}")
+            raise self.fail(
+                "bad_field", f"{name}.{prefix}score must be a number in [0, 1], got {_short(score)}"
+            )
         source = self.optional_string(d.get(f"{prefix}source"), f"{name}.{prefix}source")
         return {f"{prefix}source": source, f"{prefix}score": None if score is None else float(score)}
 
