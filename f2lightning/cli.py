@@ -1,4 +1,5 @@
-"""The `f2lightning` command: data conversion, synthetic data, tokenizers, evaluation, backbone export.
+"""The `f2lightning` command: data conversion, synthetic data, tokenizers, the data engine (annotate, refine,
+filter, stats), evaluation, prediction and serving, ONNX and backbone export.
 
 Training itself runs through LightningCLI: `python train.py fit -c configs/<x>.yaml` (or `f2lightning fit ...`).
 """
