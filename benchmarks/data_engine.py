@@ -62,6 +62,7 @@ def _arm(name: str, args, work: Path, synthetic: Path, unlabelled: list[str], fi
             "continue_args": [
                 f"--trainer.max_steps={args.round_steps}",
                 f"--model.warmup_steps={min(50, args.round_steps // 5)}",
+                f"--model.lr={args.round_lr}",
             ],
         },
         annotate={
@@ -96,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--steps", type=int, default=1500, help="optimizer steps of round 0")
     parser.add_argument("--round-steps", type=int, default=500, help="optimizer steps of each round 1 arm")
+    parser.add_argument("--round-lr", type=float, default=1e-4, help="learning rate of the round 1 arms")
     parser.add_argument(
         "--unlabelled", type=int, default=None, help="how many of the other images round 0 annotates"
     )
