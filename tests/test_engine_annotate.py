@@ -25,14 +25,6 @@ FAST = GenerationSettings(batch_size=4, num_beams=1, max_new_tokens=24, num_work
 TASKS = ["<CAPTION>", "<OD>", "<CAPTION_TO_PHRASE_GROUNDING>", "<REGION_TO_SEGMENTATION>"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     return tiny_checkpoint(tmp_path_factory.mktemp("checkpoint"))

@@ -30,14 +30,6 @@ REGIONS = [(4.0, 4.0, 40.0, 30.0), (10.0, 2.0, 60.0, 46.0)]
 TASKS = ["<OD>", "<CAPTION>", "<VQA>", "<REGION_TO_CATEGORY>"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     return tiny_checkpoint(tmp_path_factory.mktemp("checkpoint"))

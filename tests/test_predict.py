@@ -27,15 +27,6 @@ FAST = GenerationSettings(batch_size=3, num_beams=2, max_new_tokens=24, num_work
 COLORS = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30), (30, 200, 200)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models are latency-bound: a second OpenMP thread on a loaded 2-core machine mostly spins.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     return tiny_checkpoint(tmp_path_factory.mktemp("checkpoint"))
