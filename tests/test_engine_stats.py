@@ -6,63 +6,16 @@ from __future__ import annotations
 import json
 
 import pytest
-import spacy
 from spacy.tokens import Doc
 
 from f2lightning.cli import main
 from f2lightning.data.records import write_records
 from f2lightning.data.schema import Grounding, OcrLine, Phrase, Record, Region, SourcedText, VqaPair
 from f2lightning.engine.stats import FIGURES, dataset_statistics, statistics_markdown, write_statistics
+from tests.helpers.spacy_docs import SENTENCES
 
-VOCAB = spacy.blank("en").vocab
-
-
-def parsed(*tokens: tuple[str, str, str, str, int]) -> Doc:
-    """A parsed Doc from (word, POS, tag, dependency label, head index) per token, as en_core_web_sm parses
-    the sentence; no space before a punctuation mark."""
-    return Doc(
-        VOCAB,
-        words=[t[0] for t in tokens],
-        spaces=[i + 1 < len(tokens) and tokens[i + 1][1] != "PUNCT" for i in range(len(tokens))],
-        pos=[t[1] for t in tokens],
-        tags=[t[2] for t in tokens],
-        deps=[t[3] for t in tokens],
-        heads=[t[4] for t in tokens],
-    )
-
-
-SENTENCES = {
-    doc.text: doc
-    for doc in [
-        parsed(
-            ("A", "DET", "DT", "det", 1), ("dog", "NOUN", "NN", "ROOT", 1), (".", "PUNCT", ".", "punct", 1)
-        ),
-        parsed(
-            ("The", "DET", "DT", "det", 1),
-            ("cat", "NOUN", "NN", "nsubj", 2),
-            ("sleeps", "VERB", "VBZ", "ROOT", 2),
-            (".", "PUNCT", ".", "punct", 2),
-        ),
-        parsed(
-            ("A", "DET", "DT", "det", 1),
-            ("man", "NOUN", "NN", "ROOT", 1),
-            ("riding", "VERB", "VBG", "acl", 1),
-            ("a", "DET", "DT", "det", 4),
-            ("horse", "NOUN", "NN", "dobj", 2),
-            (".", "PUNCT", ".", "punct", 1),
-        ),
-        parsed(
-            ("A", "DET", "DT", "det", 2),
-            ("brown", "ADJ", "JJ", "amod", 2),
-            ("dog", "NOUN", "NN", "nsubj", 3),
-            ("runs", "VERB", "VBZ", "ROOT", 3),
-            ("on", "ADP", "IN", "prep", 3),
-            ("the", "DET", "DT", "det", 6),
-            ("grass", "NOUN", "NN", "pobj", 4),
-            (".", "PUNCT", ".", "punct", 3),
-        ),
-    ]
-}
+# The texts of `corpus()`, each parsed once by the injected parser.
+CORPUS_TEXTS = ["A dog.", "The cat sleeps.", "A man riding a horse.", "A brown dog runs on the grass."]
 QUAD = [0, 0, 10, 0, 10, 5, 0, 5]
 
 
@@ -160,9 +113,8 @@ def test_semantic_columns_from_an_injected_parser():
     )
     assert (detailed["mean_nouns"], detailed["mean_verbs"], detailed["mean_adjectives"]) == (2.0, 1.0, 1.0)
     assert stats["semantics"] is True and stats["notes"] == []
-    assert sorted(parsed_texts) == sorted(
-        SENTENCES
-    )  # each text once, though the per-source tables read it again
+    # each text once, though the per-source tables read it again
+    assert sorted(parsed_texts) == sorted(CORPUS_TEXTS)
     assert "| brief | 3 | 3.33 | 1.33 | 0.67 | 0.00 |" in statistics_markdown(stats)
 
 

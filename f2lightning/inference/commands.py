@@ -6,13 +6,8 @@ from __future__ import annotations
 import argparse
 
 
-def add_generation_arguments(parser: argparse.ArgumentParser, checkpoint_required: bool = True) -> None:
-    """The options every command that runs a checkpoint shares (predict, annotate)."""
-    parser.add_argument(
-        "--checkpoint",
-        required=checkpoint_required,
-        help="transformers / Microsoft Florence-2 directory, or an f2lightning .ckpt",
-    )
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """How a checkpoint is loaded and asked: what every command that runs one shares (predict, annotate, serve)."""
     parser.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the checkpoint's)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
     parser.add_argument(
@@ -21,9 +16,19 @@ def add_generation_arguments(parser: argparse.ArgumentParser, checkpoint_require
     parser.add_argument(
         "--image-size", type=int, default=None, help="input resolution (default: the checkpoint's)"
     )
-    parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--num-beams", type=int, default=3)
     parser.add_argument("--max-new-tokens", type=int, default=None, help="cap on every task's output length")
+
+
+def add_generation_arguments(parser: argparse.ArgumentParser, checkpoint_required: bool = True) -> None:
+    """`add_model_arguments` plus what a command that answers a list of images adds (predict, annotate)."""
+    parser.add_argument(
+        "--checkpoint",
+        required=checkpoint_required,
+        help="transformers / Microsoft Florence-2 directory, or an f2lightning .ckpt",
+    )
+    add_model_arguments(parser)
+    parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--num-workers", type=int, default=2, help="image decoding processes")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_engine_argument(parser, default="continuous")
@@ -148,18 +153,8 @@ def register_serve_cli(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--source", default=None, help="provenance name of the answers' annotations (default: checkpoint)"
     )
-    # The options of add_generation_arguments that a server has: batches are --max-batch-size, images are
-    # decoded as they arrive, and there is no progress to show.
-    parser.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the checkpoint's)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
-    parser.add_argument(
-        "--precision", choices=["auto", "bf16", "fp32"], default="auto", help="auto: bf16 on CUDA"
-    )
-    parser.add_argument(
-        "--image-size", type=int, default=None, help="input resolution (default: the checkpoint's)"
-    )
-    parser.add_argument("--num-beams", type=int, default=3)
-    parser.add_argument("--max-new-tokens", type=int, default=None, help="cap on every task's output length")
+    # Batches are --max-batch-size, images are decoded as they arrive, and there is no progress to show.
+    add_model_arguments(parser)
     parser.set_defaults(func=run_serve)
 
 
