@@ -196,3 +196,11 @@ def test_the_cli_refuses_a_task_without_its_input_and_an_input_that_names_nothin
     assert "no such image file, folder, glob match or record JSONL" in capsys.readouterr().err
     assert main(["predict", str(images), "--task", "<NOT_A_TASK>", *common]) == 2
     assert "<NOT_A_TASK>" in capsys.readouterr().err
+
+
+def test_a_prompt_longer_than_the_processor_keeps_is_refused_not_cut(loaded, images, tmp_path) -> None:
+    model, processor = loaded
+    caption = " ".join(["a dog and a man in a red car"] * 60)  # far beyond 256 tokens
+    requests = _requests(images, ("<CAPTION_TO_PHRASE_GROUNDING>",), caption)
+    with pytest.raises(ValueError, match=r"prompt is .* tokens, more than max_prompt_length 256"):
+        predict(model, processor, requests, tmp_path / "out.jsonl", FAST)

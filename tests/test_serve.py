@@ -209,6 +209,12 @@ def test_bad_inputs_get_4xx_and_the_server_goes_on_serving(server, images) -> No
         ({"task": "<OD>"}, 422, "missing"),
         ({"image": png, "task": "<REGION_TO_CATEGORY>", "region": [1, 2, 3]}, 422, "at least 4"),
         ({"image": png, "task": "<OD>", "txt": "misspelt"}, 422, "extra"),
+        # a caption the processor would cut to 256 tokens: refused, not answered as another question
+        (
+            {"image": png, "task": "<CAPTION_TO_PHRASE_GROUNDING>", "text": "a dog and a man " * 150},
+            413,
+            "kept",
+        ),
     ]
     before = requests.get(f"{server}/metrics", timeout=10).json()
     for body, status, detail in cases:

@@ -86,6 +86,15 @@ class PromptBatches(Dataset):
             for s in samples
         ]
         lengths = [len(ids) for ids in processor.tokenizer(self.prompts)["input_ids"]]
+        # The processor would cut a longer prompt (a long grounding caption, say) and the model answer another
+        # question: refuse it, naming the request.
+        too_long = [(s, n) for s, n in zip(samples, lengths, strict=True) if n > processor.max_prompt_length]
+        if too_long:
+            sample, n = too_long[0]
+            raise ValueError(
+                f"{sample.image}: the {spec.token} prompt is {n} tokens, more than max_prompt_length "
+                f"{processor.max_prompt_length} ({len(too_long)} request(s) like it); shorten the text input"
+            )
         self.batches = length_aware_batches(lengths, batch_size, [s.image for s in samples])
 
     def __len__(self) -> int:

@@ -223,6 +223,12 @@ class Florence2API(ls.LitAPI):
             prompt = task.build_prompt(request.text, region, image.size)
         except ValueError as error:
             raise HTTPException(422, str(error)) from None
+        length = len(self.processor.tokenizer(prompt)["input_ids"])
+        if length > self.processor.max_prompt_length:  # the processor would cut it: another question
+            raise HTTPException(
+                413,
+                f"text: the prompt is {length} tokens, more than the {self.processor.max_prompt_length} kept",
+            )
         # The image's digest is its name: equal uploads in a batch share one encoded row (`share_images`).
         name = hashlib.sha1(data).hexdigest()
         return Upload(
